@@ -1,0 +1,136 @@
+"""Saving and loading the adapters of an :class:`~adapterkit.kit.AdapterKit`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import __version__
+from ..config import config_from_dict, config_to_dict
+from ..errors import AdapterError, ConfigError, LoadError
+from ..sites import model_type_of
+from .native import detect_format, read_checkpoint, write_checkpoint
+
+if TYPE_CHECKING:
+    from ..kit import AdapterKit, AdapterRecord
+
+HEAD = "head::"
+
+
+def fingerprint(kit: AdapterKit, paths: list[str]) -> str:
+    """Hash of the names and shapes of the weights at ``paths``: the base identity."""
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        w = getattr(kit.model.get_submodule(path), "weight", None)
+        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else ()
+        h.update(f"{path}:{shape};".encode())
+    return h.hexdigest()[:16]
+
+
+def adapter_tensors(kit: AdapterKit, record: AdapterRecord) -> dict[str, torch.Tensor]:
+    out = {}
+    for host, module in record.modules.items():
+        for key, t in module.state_dict().items():
+            out[f"{host}.{key}"] = t
+    for path in record.heads:
+        for key, t in kit.model.get_submodule(path).state_dict().items():
+            out[f"{HEAD}{path}.{key}"] = t
+    return out
+
+
+def save_adapter(kit: AdapterKit, name: str, directory: str | os.PathLike, format: str) -> None:
+    record = kit.record(name)
+    if format == "peft":
+        from .peft import save_peft
+
+        save_peft(kit, record, Path(directory))
+        return
+    if format != "adapterkit":
+        raise ValueError(f"unknown format {format!r}; use 'adapterkit' or 'peft'")
+    meta: dict[str, Any] = {
+        "adapterkit_version": __version__,
+        "name": name,
+        "method": record.spec.name,
+        "config": config_to_dict(record.config),
+        "base": {
+            "model_type": model_type_of(kit.model),
+            "layout": kit.layout.family if kit.layout else None,
+            "fingerprint": fingerprint(kit, [s.host for s in record.sites]),
+            "sites": [[s.host, s.input] for s in record.sites],
+        },
+        "heads": list(record.heads),
+        **record.extra,
+    }
+    write_checkpoint(directory, meta, adapter_tensors(kit, record))
+
+
+def _mismatches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:
+    problems = []
+    for key in expected.keys() - found.keys():
+        problems.append(f"missing tensor {key} (expected shape {tuple(expected[key].shape)})")
+    for key in found.keys() - expected.keys():
+        problems.append(f"unexpected tensor {key} (shape {tuple(found[key].shape)})")
+    for key in expected.keys() & found.keys():
+        want, got = expected[key], found[key]
+        if want.shape != got.shape:
+            problems.append(f"{key}: file has shape {tuple(got.shape)}, model needs {tuple(want.shape)}")
+        elif got.is_floating_point() != want.is_floating_point():
+            problems.append(f"{key}: file has dtype {got.dtype}, model needs {want.dtype}")
+    return sorted(problems)
+
+
+def _plan_from_meta(kit: AdapterKit, meta: dict[str, Any], name: str | None,
+                    directory: Path) -> AdapterRecord:
+    try:
+        config = config_from_dict(meta["config"])
+    except (ConfigError, TypeError) as exc:
+        raise LoadError(f"{directory}: bad method config: {exc}") from None
+    record = kit.plan(name or str(meta["name"]), config)
+    heads = meta.get("heads", [])
+    missing = [h for h in heads if h not in kit.finder().modules]
+    if missing:
+        raise LoadError(f"{directory}: the adapter has trained heads {missing} that this model lacks")
+    record.heads = tuple(heads)
+    return record
+
+
+def load_adapter(kit: AdapterKit, directory: str | os.PathLike, name: str | None) -> str:
+    d = Path(directory)
+    fmt = detect_format(d)
+    if fmt == "peft":
+        from .peft import load_peft
+
+        return load_peft(kit, d, name)
+    if fmt != "adapterkit":
+        raise LoadError(f"{d}: loading the {fmt} format is not supported")
+    meta, tensors = read_checkpoint(d)
+    try:
+        record = _plan_from_meta(kit, meta, name, d)
+    except LoadError:
+        raise
+    except AdapterError as exc:
+        raise type(exc)(f"cannot load {d}: {exc}") from None
+    expected = adapter_tensors(kit, record)
+    problems = _mismatches(expected, tensors)
+    if problems:
+        raise LoadError(
+            f"{d} does not fit this model ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
+        )
+    install(kit, record, tensors)
+    return record.name
+
+
+def install(kit: AdapterKit, record: AdapterRecord, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy validated tensors into the planned modules and heads, then attach."""
+    with torch.no_grad():
+        for host, module in record.modules.items():
+            for key, t in module.state_dict(keep_vars=True).items():
+                t.copy_(tensors[f"{host}.{key}"])
+        for path in record.heads:
+            for key, t in kit.model.get_submodule(path).state_dict(keep_vars=True).items():
+                t.copy_(tensors[f"{HEAD}{path}.{key}"])
+    kit.attach(record)

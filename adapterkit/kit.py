@@ -1,0 +1,234 @@
+"""``AdapterKit``: the Python front door over one model."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import AdapterNameError, NotMergeableError, closest
+from .executor import Executor
+from .layouts import Layout, get_layout, layout_for
+from .methods import AdapterModule, MethodKind, MethodSpec, Site, spec_of
+from .ops.merge import add_weight_delta
+from .sites import SiteFinder, model_type_of
+from .summary import SummaryTable
+
+_ATTR = "_adapterkit"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
+BASE = "__base__"
+
+
+@dataclass
+class AdapterRecord:
+    """One added adapter: its config, sites and modules (by host path)."""
+
+    name: str
+    config: Any
+    spec: MethodSpec
+    sites: list[Site]
+    modules: dict[str, AdapterModule]
+    heads: tuple[str, ...] = ()
+    merged: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        for module in self.modules.values():
+            yield from module.parameters()
+
+
+class AdapterKit:
+    """Adapters on one ``torch.nn.Module``. ``AdapterKit(model)`` twice gives the same kit."""
+
+    def __new__(cls, model: nn.Module, layout: str | Layout | None = None) -> AdapterKit:
+        existing = model.__dict__.get(_ATTR)
+        if isinstance(existing, cls):
+            return existing
+        self = super().__new__(cls)
+        self.model = model
+        if isinstance(layout, str):
+            layout = get_layout(layout)
+        self.layout = layout if layout is not None else layout_for(model_type_of(model))
+        self._exec = Executor(model)
+        self._records: dict[str, AdapterRecord] = {}
+        model.__dict__[_ATTR] = self
+        return self
+
+    def __init__(self, model: nn.Module, layout: str | Layout | None = None) -> None:
+        """State is set up once, in ``__new__``."""
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self._records)
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        return self._exec.state.active
+
+    def record(self, name: str) -> AdapterRecord:
+        try:
+            return self._records[name]
+        except KeyError:
+            hint = closest(name, self._records)
+            raise AdapterNameError(
+                f"no adapter named {name!r}; adapters: {self.names}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            ) from None
+
+    def config(self, name: str) -> Any:
+        return self.record(name).config
+
+    def parameters(self, name: str | None = None) -> Iterator[nn.Parameter]:
+        """Adapter parameters (of one adapter, or of all), found by module type."""
+        if name is not None:
+            yield from self.record(name).parameters()
+            return
+        for module in self.model.modules():
+            if isinstance(module, AdapterModule):
+                yield from module.parameters(recurse=True)
+
+    def finder(self) -> SiteFinder:
+        return SiteFinder(self.model, self.layout)
+
+    # -- adding and removing -----------------------------------------------------------------
+    def _check_new_name(self, name: str) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name == BASE:
+            raise AdapterNameError(
+                f"bad adapter name {name!r}: use letters, digits, '_' and '-' ({BASE!r} is reserved)"
+            )
+        if name in self._records:
+            raise AdapterNameError(f"an adapter named {name!r} exists already; adapters: {self.names}")
+
+    def plan(self, name: str, config: Any) -> AdapterRecord:
+        """Build the adapter's modules without touching the model (validation happens here)."""
+        self._check_new_name(name)
+        spec = spec_of(config)
+        finder = self.finder()
+        sites = spec.find_sites(config, finder)
+        modules = {s.host: spec.build(config, s, finder) for s in sites}
+        return AdapterRecord(name, config, spec, sites, modules)
+
+    def attach(self, record: AdapterRecord) -> None:
+        for site in record.sites:
+            self._exec.attach(record.name, site.host, record.modules[site.host], site.input)
+        self._records[record.name] = record
+
+    def add(self, name: str, config: Any) -> None:
+        """Add adapter ``name``; the model is unchanged if this raises."""
+        self.attach(self.plan(name, config))
+
+    def remove(self, name: str) -> None:
+        """Remove adapter ``name``, unmerging it first; the base model is as before ``add``."""
+        record = self.record(name)
+        if record.merged:
+            self._unmerge_record(record)
+        for site in record.sites:
+            self._exec.detach(name, site.host)
+        del self._records[name]
+        self._exec.state.active = tuple(n for n in self.active if n != name)
+
+    # -- running -----------------------------------------------------------------------------
+    def activate(self, name: str | Sequence[str] | None) -> None:
+        """Select what runs in forward: an adapter name, several names, or None for the base."""
+        if name is None or name == BASE:
+            names: tuple[str, ...] = ()
+        elif isinstance(name, str):
+            names = (name,)
+        else:
+            names = tuple(name)
+        for n in names:
+            self.record(n)
+        self._exec.state.active = names
+
+    def train(self, name: str, train_also: Sequence[str] = ()) -> list[nn.Parameter]:
+        """Freeze everything except adapter ``name`` and the modules named in ``train_also``
+        (saved with the adapter), activate it, and return the trainable parameters."""
+        record = self.record(name)
+        heads = tuple(self.finder().paths(tuple(train_also))) if train_also else ()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        params = list(record.parameters())
+        for path in heads:
+            params.extend(self.model.get_submodule(path).parameters())
+        for p in params:
+            p.requires_grad_(True)
+        record.heads = heads
+        self.activate(name)
+        return params
+
+    # -- merging -----------------------------------------------------------------------------
+    def merge(self, name: str) -> None:
+        """Fold adapter ``name`` into the base weights (weight-delta methods only)."""
+        record = self.record(name)
+        if not record.spec.mergeable:
+            raise NotMergeableError(
+                f"adapter {name!r} uses {record.spec.name}, a {record.spec.kind.value} method "
+                "with no weight delta: it cannot be merged; mergeable methods: "
+                "those with kind weight_delta (see adapterkit.methods())"
+            )
+        if record.merged:
+            return
+        with torch.no_grad():
+            for host_path, module in record.modules.items():
+                host = self.model.get_submodule(host_path)
+                add_weight_delta(host.weight, module.delta_weight(host), sign=1.0)
+                module.merged = True
+        record.merged = True
+
+    def _unmerge_record(self, record: AdapterRecord) -> None:
+        with torch.no_grad():
+            for host_path, module in record.modules.items():
+                host = self.model.get_submodule(host_path)
+                add_weight_delta(host.weight, module.delta_weight(host), sign=-1.0)
+                module.merged = False
+        record.merged = False
+
+    def unmerge(self, name: str | None = None) -> None:
+        """Take merged adapters (one, or all) back out of the base weights."""
+        records = [self.record(name)] if name else list(self._records.values())
+        for record in reversed(records):
+            if record.merged:
+                self._unmerge_record(record)
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, name: str, directory: str | os.PathLike, format: str = "adapterkit") -> None:
+        """Write adapter ``name`` (and its ``train_also`` heads) to ``directory``."""
+        from .io.kitio import save_adapter
+
+        save_adapter(self, name, directory, format)
+
+    def load(self, directory: str | os.PathLike, name: str | None = None) -> str:
+        """Load an adapter; returns its name. The model is unchanged if this raises."""
+        from .io.kitio import load_adapter
+
+        return load_adapter(self, directory, name)
+
+    # -- reporting ---------------------------------------------------------------------------
+    def base_parameter_count(self) -> int:
+        adapter = {id(p) for p in self.parameters()}
+        return sum(p.numel() for p in self.model.parameters() if id(p) not in adapter)
+
+    def summary(self) -> SummaryTable:
+        base = self.base_parameter_count()
+        rows = []
+        for name, rec in self._records.items():
+            n = sum(p.numel() for p in rec.parameters())
+            rows.append({
+                "name": name, "method": rec.spec.name, "trainable": n,
+                "% of base": 100.0 * n / max(base, 1), "sites": len(rec.sites),
+                "merged": rec.merged, "active": name in self.active,
+            })
+        return SummaryTable(rows, base_parameters=base)
+
+    def __repr__(self) -> str:
+        return f"AdapterKit({type(self.model).__name__}, adapters={self.names}, active={self.active})"
+
+
+def weight_delta_records(kit: AdapterKit) -> list[AdapterRecord]:
+    return [r for r in kit._records.values() if r.spec.kind is MethodKind.WEIGHT_DELTA]

@@ -1,0 +1,88 @@
+"""The contract between a method and the executor.
+
+A method is a frozen config dataclass plus a :class:`MethodSpec` that says what kind of method it
+is, where it attaches (``find_sites``) and how to build its module for one site (``build``).
+
+Every adapter module computes an *additive change* to the output ``h`` of the module it is
+attached to (its host): ``h' = h + delta(h, x)`` where ``x`` is the host's input (or, for
+parallel residual adapters, the input of another module captured by a tap). Composition blocks
+are written once against this primitive.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..sites import SiteFinder
+
+
+class MethodKind(str, enum.Enum):
+    WEIGHT_DELTA = "weight_delta"  # delta depends on the host's input only; mergeable
+    RESIDUAL = "residual"  # bottleneck-style module added at a sublayer output
+    PREFIX = "prefix"  # key/value prefixes at attention
+    PROMPT = "prompt"  # soft tokens at the input
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where one adapter module lives.
+
+    ``host`` is the module path whose output the adapter changes (and under which its parameters
+    are stored); ``input`` names a module whose *input* feeds the adapter instead of the host's
+    own, as parallel adapters need. ``role`` is the layout role that found it, if any.
+    """
+
+    host: str
+    input: str | None = None
+    role: str | None = None
+
+
+class Tap:
+    """Holds the latest input of one module, written by a forward pre-hook."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+
+
+class AdapterModule(nn.Module):
+    """Base of every adapter module; adapter parameters are found by this type."""
+
+    kind: ClassVar[MethodKind]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.merged = False
+        self.tap: Tap | None = None
+
+    def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        """Additive change to the host output ``h`` given the host input ``x``."""
+        raise NotImplementedError
+
+    def delta_weight(self, base: nn.Module) -> torch.Tensor:
+        """The change to ``base.weight`` (same shape and layout); weight-delta methods only."""
+        raise NotImplementedError(f"{type(self).__name__} has no weight delta")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Registry entry of one method."""
+
+    name: str
+    config_cls: type
+    kind: MethodKind
+    mergeable: bool
+    find_sites: Callable[[Any, SiteFinder], list[Site]]
+    build: Callable[[Any, Site, SiteFinder], AdapterModule]
+    paper: str
+    sites_used: str
+    routable: bool = True
+    generate: bool = True

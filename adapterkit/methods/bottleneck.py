@@ -1,0 +1,119 @@
+"""Bottleneck adapters, in series or in parallel with a sublayer.
+
+- Houlsby et al., 2019, "Parameter-Efficient Transfer Learning for NLP" (arXiv:1902.00751):
+  series adapters after attention and FFN (``placement="both"``).
+- Pfeiffer et al., 2021, "AdapterFusion" (arXiv:2005.00247): one series adapter after the FFN
+  (``placement="ffn"``).
+- He et al., 2022, "Towards a Unified View of Parameter-Efficient Transfer Learning"
+  (arXiv:2110.04366) and Chen et al., 2022, "AdaptFormer" (arXiv:2205.13535): parallel adapters
+  (``mode="parallel"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import check_choice, check_positive
+from ..errors import ConfigError
+from ..sites import SiteFinder, features_of, is_linear_like
+from . import register
+from .base import AdapterModule, MethodKind, MethodSpec, Site
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU,
+               "tanh": nn.Tanh, "identity": nn.Identity}
+
+
+@dataclass(frozen=True)
+class Bottleneck:
+    """Config of a bottleneck adapter ``delta = scaling * up(act(down(LN?(u))))``.
+
+    ``u`` is the sublayer output (series) or the sublayer input (parallel); the bottleneck width
+    is ``features // reduction``. ``targets`` (regular expressions or module names) replaces the
+    layout-driven ``placement`` for models without a layout.
+    """
+
+    reduction: float = 16
+    placement: str = "ffn"
+    mode: str = "series"
+    scaling: float = 1.0
+    non_linearity: str = "relu"
+    layer_norm: bool = False
+    targets: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_positive("Bottleneck", "reduction", self.reduction)
+        check_choice("Bottleneck", "placement", self.placement, ("ffn", "attn", "both"))
+        check_choice("Bottleneck", "mode", self.mode, ("series", "parallel"))
+        check_choice("Bottleneck", "non_linearity", self.non_linearity, tuple(ACTIVATIONS))
+        if isinstance(self.targets, str):
+            object.__setattr__(self, "targets", (self.targets,))
+        elif self.targets is not None:
+            if not self.targets:
+                raise ConfigError("Bottleneck.targets must be None or a non-empty sequence")
+            object.__setattr__(self, "targets", tuple(self.targets))
+
+
+class BottleneckModule(AdapterModule):
+    """``down``: (in -> m), ``up``: (m -> out), optional LayerNorm on the input.
+
+    Input ``u``: (..., in); delta: (..., out). ``up`` starts at zero, so the adapter starts as
+    the identity.
+    """
+
+    kind = MethodKind.RESIDUAL
+
+    def __init__(self, n_in: int, n_out: int, width: int, config: Bottleneck,
+                 like: torch.Tensor) -> None:
+        super().__init__()
+        kw = {"device": like.device, "dtype": like.dtype}
+        self.norm = nn.LayerNorm(n_in, **kw) if config.layer_norm else nn.Identity()
+        self.down = nn.Linear(n_in, width, **kw)
+        self.act = ACTIVATIONS[config.non_linearity]()
+        self.up = nn.Linear(width, n_out, **kw)
+        self.scaling = config.scaling
+        self.series = config.mode == "series"
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        if self.series:
+            u = h
+        else:
+            u = self.tap.value if self.tap is not None else x
+        out = self.up(self.act(self.down(self.norm(u.to(self.down.weight.dtype)))))
+        return (out * self.scaling).to(h.dtype)
+
+    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        return h + self.delta(h, x, base)
+
+
+def _find_sites(config: Bottleneck, finder: SiteFinder) -> list[Site]:
+    if config.targets is None:
+        sites = finder.sublayer_sites(config.placement)
+    else:
+        sites = [Site(host=p) for p in finder.paths(config.targets)]
+    hosts = [s.host for s in sites]
+    finder.check_types(hosts, is_linear_like, "Linear and Conv1D outputs", "Bottleneck")
+    return sites
+
+
+def _build(config: Bottleneck, site: Site, finder: SiteFinder) -> BottleneckModule:
+    host = finder.module(site.host)
+    n_out = features_of(host)[1]
+    if config.mode == "series":
+        n_in = n_out
+    else:
+        n_in = features_of(finder.module(site.input) if site.input else host)[0]
+    width = max(1, int(n_in // config.reduction))
+    return BottleneckModule(n_in, n_out, width, config, host.weight)
+
+
+register(MethodSpec(
+    name="bottleneck", config_cls=Bottleneck, kind=MethodKind.RESIDUAL, mergeable=False,
+    find_sites=_find_sites, build=_build,
+    paper="Houlsby et al. 2019; Pfeiffer et al. 2021; He et al. 2022",
+    sites_used="sublayer outputs (attn.out, ffn.out) or targets",
+))

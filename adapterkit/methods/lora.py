@@ -1,0 +1,138 @@
+"""LoRA: low-rank adaptation of weight matrices.
+
+Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models" (arXiv:2106.09685).
+rsLoRA scaling: Kalajdzievski, 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with
+LoRA" (arXiv:2312.03732).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import check_choice, check_positive
+from ..errors import ConfigError
+from ..sites import SiteFinder, features_of, is_conv1d
+from . import register
+from .base import AdapterModule, MethodKind, MethodSpec, Site
+
+
+def _as_targets(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (tuple, list)) or not value:
+        raise ConfigError(f"targets must be a non-empty sequence of strings, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """Config of a LoRA adapter: ``W' = W + s * B @ A``, ``s = alpha / r`` (``alpha / sqrt(r)``
+    with ``use_rslora``). ``targets`` takes layout roles or regular expressions over paths."""
+
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("attn.q", "attn.v")
+    use_rslora: bool = False
+    init: str = "default"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or self.r <= 0:
+            raise ConfigError(f"LoRA.r must be a positive integer, got {self.r!r}")
+        check_positive("LoRA", "alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"LoRA.dropout must be in [0, 1), got {self.dropout!r}")
+        check_choice("LoRA", "init", self.init, ("default", "gaussian", "zeros"))
+        object.__setattr__(self, "targets", _as_targets(self.targets))
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+
+class LoRAModule(AdapterModule):
+    """Low-rank delta on one Linear, Conv1D, Conv2d or Embedding.
+
+    ``lora_A``: (r, in) — (r, in, kh, kw) for Conv2d; ``lora_B``: (out, r).
+    For an input ``x`` of shape (..., in) the delta is ``s * (x @ A.T) @ B.T``: (..., out).
+    """
+
+    kind = MethodKind.WEIGHT_DELTA
+
+    def __init__(self, base: nn.Module, r: int, scale: float, dropout: float, init: str) -> None:
+        super().__init__()
+        n_in, n_out = features_of(base)
+        w = base.weight
+        shape_a = (r, n_in, *base.kernel_size) if isinstance(base, nn.Conv2d) else (r, n_in)
+        if isinstance(base, nn.Conv2d) and base.groups != 1:
+            raise ConfigError("LoRA on Conv2d supports groups=1 only")
+        self.lora_A = nn.Parameter(torch.zeros(shape_a, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(n_out, r, device=w.device, dtype=w.dtype))
+        self.scale = scale
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset(init, embedding=isinstance(base, nn.Embedding))
+
+    def reset(self, init: str, embedding: bool = False) -> None:
+        with torch.no_grad():
+            if init == "zeros":
+                return
+            if embedding:  # A zero, B random: the delta starts at zero
+                nn.init.normal_(self.lora_B)
+            elif init == "gaussian":
+                nn.init.normal_(self.lora_A, std=1.0 / self.lora_A.shape[0])
+            else:
+                nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def _low_rank(self, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        a, b = self.lora_A, self.lora_B
+        if isinstance(base, nn.Embedding):
+            t = F.embedding(x, a.t(), base.padding_idx, base.max_norm, base.norm_type,
+                            base.scale_grad_by_freq, base.sparse)
+            return F.linear(t, b)
+        x = self.drop(x).to(a.dtype)
+        if isinstance(base, nn.Conv2d):
+            t = F.conv2d(x, a, None, base.stride, base.padding, base.dilation)
+            return F.conv2d(t, b[:, :, None, None])  # (N, r, H, W) -> (N, out, H, W)
+        return F.linear(F.linear(x, a), b)
+
+    def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        return (self._low_rank(x, base) * self.scale).to(h.dtype)
+
+    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        return torch.add(h, self._low_rank(x, base).to(h.dtype), alpha=self.scale)
+
+    def delta_weight(self, base: nn.Module) -> torch.Tensor:
+        a, b = self.lora_A, self.lora_B
+        if isinstance(base, nn.Conv2d):
+            # (out, r) @ (r, in*kh*kw) -> (out, in, kh, kw)
+            return (b @ a.flatten(1)).view(base.weight.shape) * self.scale
+        dw = (b @ a) * self.scale  # (out, in)
+        if is_conv1d(base) or isinstance(base, nn.Embedding):
+            return dw.t()  # stored as (in, out) / (num_embeddings, dim)
+        return dw
+
+
+def lora_supports(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)) or is_conv1d(module)
+
+
+def _find_sites(config: LoRA, finder: SiteFinder) -> list[Site]:
+    paths = finder.paths(config.targets)
+    finder.check_types(paths, lora_supports, "Linear, Conv1D, Conv2d and Embedding", "LoRA")
+    return [Site(host=p) for p in paths]
+
+
+def _build(config: LoRA, site: Site, finder: SiteFinder) -> LoRAModule:
+    return LoRAModule(finder.module(site.host), config.r, config.scale, config.dropout, config.init)
+
+
+register(MethodSpec(
+    name="lora", config_cls=LoRA, kind=MethodKind.WEIGHT_DELTA, mergeable=True,
+    find_sites=_find_sites, build=_build, paper="Hu et al. 2021, arXiv:2106.09685",
+    sites_used="Linear, Conv1D, Conv2d, Embedding (targets)",
+))
