@@ -85,6 +85,7 @@ class Executor:
             host.add_module(SLOT, slot)
             self._hooks[host_path] = host.register_forward_hook(
                 make_hook(slot, self.state), with_kwargs=True)
+        module.train(host.training)  # a new module follows its host's train/eval mode
         slot[name] = module
         if input_path is not None:
             module.tap = self._tap(input_path)

@@ -1,0 +1,48 @@
+"""The method table: (config per family) with the tolerances each invariant uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import adapterkit as ak
+
+from .models import MODELS
+
+
+@dataclass(frozen=True)
+class MethodCase:
+    id: str
+    make: Callable[[str], Any]  # family -> config
+    identity_at_init: bool = True
+    merge_tol: float = 1e-5  # fp32: merged and merge->unmerge vs unmerged outputs
+
+
+def _lora(**kw: Any) -> Callable[[str], Any]:
+    def make(family: str) -> Any:
+        targets = MODELS[family].lora_targets
+        return ak.LoRA(**kw, **({"targets": targets} if targets else {}))
+    return make
+
+
+def _bottleneck(**kw: Any) -> Callable[[str], Any]:
+    def make(family: str) -> Any:
+        targets = MODELS[family].bottleneck_targets
+        return ak.Bottleneck(**kw, **({"targets": targets} if targets else {}))
+    return make
+
+
+METHOD_CASES: tuple[MethodCase, ...] = (
+    MethodCase("lora-qv", _lora(r=4, alpha=8)),
+    MethodCase("lora-all-linear-rslora", lambda f: ak.LoRA(
+        r=4, alpha=8, use_rslora=True,
+        targets=MODELS[f].lora_targets or ("all-linear",))),
+    MethodCase("lora-ffn-dropout", lambda f: ak.LoRA(
+        r=2, alpha=4, dropout=0.1, targets=MODELS[f].lora_targets or ("ffn.in", "ffn.out"))),
+    MethodCase("houlsby", _bottleneck(reduction=4, placement="both")),
+    MethodCase("pfeiffer-ln", _bottleneck(reduction=4, placement="ffn", layer_norm=True,
+                                          non_linearity="gelu")),
+    MethodCase("parallel", _bottleneck(reduction=4, placement="both", mode="parallel",
+                                       scaling=2.0)),
+)

@@ -1,0 +1,24 @@
+"""Shared test utilities."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import adapterkit as ak
+
+
+def perturb(kit: ak.AdapterKit, name: str, std: float = 0.2, seed: int = 7) -> None:
+    """Give every parameter of adapter ``name`` random values, so it is far from identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in kit.parameters(name):
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def hook_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
+    return {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()}
+
+
+def module_types(model: nn.Module) -> dict[str, type]:
+    return {n: type(m) for n, m in model.named_modules()}
