@@ -20,11 +20,11 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 
 test: $(STAMP)
-	$(PY) -m ruff check adapterkit tests bench examples
+	$(PY) -m ruff check adapterkit tests bench examples scripts
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check adapterkit tests bench examples
+	$(PY) -m ruff check adapterkit tests bench examples scripts
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py

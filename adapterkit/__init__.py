@@ -11,7 +11,7 @@ Adapters are named, composable, mergeable and shareable objects attached to any
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     AdapterError,
     AdapterNameError,
     ConfigError,
@@ -19,14 +19,17 @@ from .errors import (  # noqa: E402
     NotMergeableError,
     TargetError,
 )
-from .kit import AdapterKit  # noqa: E402
-from .layouts import LAYOUTS, ROLES, Layout  # noqa: E402
-from .methods import methods  # noqa: E402
-from .methods.bottleneck import Bottleneck  # noqa: E402
-from .methods.lora import LoRA  # noqa: E402
+from .kit import AdapterKit
+from .layouts import LAYOUTS, ROLES, Layout
+from .methods import methods
+from .methods.bottleneck import Bottleneck
+from .methods.dora import DoRA
+from .methods.ia3 import IA3
+from .methods.lora import LoRA
+from .methods.vera import VeRA
 
 __all__ = [
-    "LAYOUTS", "ROLES", "AdapterError", "AdapterKit", "AdapterNameError", "Bottleneck",
-    "ConfigError", "Layout", "LoRA", "LoadError", "NotMergeableError", "TargetError",
-    "__version__", "methods",
+    "IA3", "LAYOUTS", "ROLES", "AdapterError", "AdapterKit", "AdapterNameError", "Bottleneck",
+    "ConfigError", "DoRA", "Layout", "LoRA", "LoadError", "NotMergeableError", "TargetError",
+    "VeRA", "__version__", "methods",
 ]

@@ -176,17 +176,13 @@ class AdapterKit:
             return
         with torch.no_grad():
             for host_path, module in record.modules.items():
-                host = self.model.get_submodule(host_path)
-                add_weight_delta(host.weight, module.delta_weight(host), sign=1.0)
-                module.merged = True
+                _fold(self.model.get_submodule(host_path), module)
         record.merged = True
 
     def _unmerge_record(self, record: AdapterRecord) -> None:
         with torch.no_grad():
             for host_path, module in record.modules.items():
-                host = self.model.get_submodule(host_path)
-                add_weight_delta(host.weight, module.delta_weight(host), sign=-1.0)
-                module.merged = False
+                _unfold(self.model.get_submodule(host_path), module)
         record.merged = False
 
     def unmerge(self, name: str | None = None) -> None:
@@ -228,6 +224,30 @@ class AdapterKit:
 
     def __repr__(self) -> str:
         return f"AdapterKit({type(self.model).__name__}, adapters={self.names}, active={self.active})"
+
+
+def _fold(host: nn.Module, module: AdapterModule) -> None:
+    """Add the module's weight (and bias) delta to its host."""
+    dw, db = module.delta_weight(host), module.delta_bias(host)
+    add_weight_delta(host.weight, dw, sign=1.0)
+    if db is not None:
+        add_weight_delta(host.bias, db, sign=1.0)
+    # a delta that reads the base weight cannot be recomputed from the merged one
+    module.merge_stash = (dw, db) if module.delta_reads_base else None
+    module.merged = True
+
+
+def _unfold(host: nn.Module, module: AdapterModule) -> None:
+    """Take out what :func:`_fold` added."""
+    if module.merge_stash is not None:
+        dw, db = module.merge_stash
+    else:
+        dw, db = module.delta_weight(host), module.delta_bias(host)
+    add_weight_delta(host.weight, dw.to(host.weight.device), sign=-1.0)
+    if db is not None:
+        add_weight_delta(host.bias, db.to(host.bias.device), sign=-1.0)
+    module.merge_stash = None
+    module.merged = False
 
 
 def weight_delta_records(kit: AdapterKit) -> list[AdapterRecord]:

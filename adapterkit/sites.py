@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 
+import torch
 from torch import nn
 
 from .errors import TargetError, closest
@@ -46,6 +47,9 @@ class SiteFinder:
         self.model = model
         self.layout = layout
         self.modules = base_modules(model)
+        #: scratch space a method may use to share work between ``find_sites`` and the
+        #: ``build`` calls of one plan (VeRA's shared projections); keys start with the method
+        self.memo: dict[object, object] = {}
 
     def module(self, path: str) -> nn.Module:
         return self.modules[path]
@@ -140,6 +144,11 @@ class SiteFinder:
             if layer is not None and layer not in first:
                 first[layer] = path
         return first
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The weight of a Linear or Conv1D as (out, in): a view, transposed for Conv1D."""
+    return module.weight.t() if is_conv1d(module) else module.weight
 
 
 def features_of(module: nn.Module) -> tuple[int, int]:

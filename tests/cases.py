@@ -45,4 +45,19 @@ METHOD_CASES: tuple[MethodCase, ...] = (
                                           non_linearity="gelu")),
     MethodCase("parallel", _bottleneck(reduction=4, placement="both", mode="parallel",
                                        scaling=2.0)),
+    MethodCase("ia3", lambda f: ak.IA3() if MODELS[f].lora_targets is None else ak.IA3(
+        targets=MODELS[f].lora_targets, feedforward=MODELS[f].lora_targets[-1:])),
+    MethodCase("ia3-q-out-ffn-in", lambda f: ak.IA3(
+        targets=MODELS[f].lora_targets or ("attn.q", "attn.out", "ffn.in"),
+        feedforward=(MODELS[f].lora_targets or ("ffn.in",))[:1])),
+    MethodCase("dora-qv", lambda f: ak.DoRA(
+        r=4, alpha=8, targets=MODELS[f].lora_targets or ("attn.q", "attn.v"))),
+    MethodCase("dora-ffn-dropout-rslora", lambda f: ak.DoRA(
+        r=2, alpha=4, dropout=0.05, use_rslora=True,
+        targets=MODELS[f].lora_targets or ("ffn.in", "ffn.out"))),
+    MethodCase("vera-qv", lambda f: ak.VeRA(
+        r=8, targets=MODELS[f].lora_targets or ("attn.q", "attn.v"))),
+    MethodCase("vera-all-linear-noproj", lambda f: ak.VeRA(
+        r=4, d_initial=0.5, projection_prng_key=3, save_projection=False,
+        targets=MODELS[f].lora_targets or ("all-linear",))),
 )

@@ -127,7 +127,13 @@ def test_generate_matches_greedy_without_cache(case: MethodCase, family: str) ->
     kit.activate("a")
     model.generation_config.eos_token_id = None
     ids = inputs_for(family)["input_ids"]
-    out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+
+    def generate() -> tuple[torch.Tensor, torch.Tensor]:
+        res = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                             output_logits=True, return_dict_in_generate=True)
+        return res.sequences, torch.stack(res.logits)
+
+    out, logits = generate()
     seq = ids
     with torch.no_grad():
         for _ in range(4):
@@ -135,8 +141,9 @@ def test_generate_matches_greedy_without_cache(case: MethodCase, family: str) ->
             seq = torch.cat([seq, nxt], 1)
     assert torch.equal(out, seq)
     kit.activate(None)
-    base = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    assert not torch.equal(base, out), "the adapter had no effect on generation"
+    # compared on the logits: a tiny random model may keep its argmax under a scaling adapter
+    # (tiny GPT-2 with tied embeddings repeats the last token whatever IA3 does)
+    assert not torch.equal(generate()[1], logits), "the adapter had no effect on generation"
 
 
 @pytest.mark.parametrize(("case", "family"), PAIRS)

@@ -12,6 +12,7 @@ import torch
 from .. import __version__
 from ..config import config_from_dict, config_to_dict
 from ..errors import AdapterError, ConfigError, LoadError
+from ..executor import SLOT
 from ..sites import model_type_of
 from .native import detect_format, read_checkpoint, write_checkpoint
 
@@ -31,14 +32,20 @@ def fingerprint(kit: AdapterKit, paths: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def head_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A head's own tensors, leaving out adapter slots that other adapters put inside it."""
+    return {k: t for k, t in module.state_dict(keep_vars=True).items()
+            if SLOT not in k.split(".")}
+
+
 def adapter_tensors(kit: AdapterKit, record: AdapterRecord) -> dict[str, torch.Tensor]:
     out = {}
     for host, module in record.modules.items():
         for key, t in module.state_dict().items():
             out[f"{host}.{key}"] = t
     for path in record.heads:
-        for key, t in kit.model.get_submodule(path).state_dict().items():
-            out[f"{HEAD}{path}.{key}"] = t
+        for key, t in head_state(kit.model.get_submodule(path)).items():
+            out[f"{HEAD}{path}.{key}"] = t.detach()
     return out
 
 
@@ -117,8 +124,11 @@ def load_adapter(kit: AdapterKit, directory: str | os.PathLike, name: str | None
     expected = adapter_tensors(kit, record)
     problems = _mismatches(expected, tensors)
     if problems:
+        was, now = meta.get("base", {}).get("model_type"), model_type_of(kit.model)
+        note = f"; it was saved from model_type {was!r}, this model is {now!r}" if was != now else ""
         raise LoadError(
-            f"{d} does not fit this model ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
+            f"{d} does not fit this model ({len(problems)} problem(s){note}):\n  "
+            + "\n  ".join(problems)
         )
     install(kit, record, tensors)
     return record.name
@@ -131,6 +141,6 @@ def install(kit: AdapterKit, record: AdapterRecord, tensors: dict[str, torch.Ten
             for key, t in module.state_dict(keep_vars=True).items():
                 t.copy_(tensors[f"{host}.{key}"])
         for path in record.heads:
-            for key, t in kit.model.get_submodule(path).state_dict(keep_vars=True).items():
+            for key, t in head_state(kit.model.get_submodule(path)).items():
                 t.copy_(tensors[f"{HEAD}{path}.{key}"])
     kit.attach(record)

@@ -57,11 +57,16 @@ class AdapterModule(nn.Module):
     """Base of every adapter module; adapter parameters are found by this type."""
 
     kind: ClassVar[MethodKind]
+    #: True when ``delta_weight``/``delta_bias`` read the base weight (IA3, DoRA): merging then
+    #: keeps the exact deltas it added so that unmerging subtracts them, not a recomputation
+    #: from the already merged weight
+    delta_reads_base: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
         self.merged = False
         self.tap: Tap | None = None
+        self.merge_stash: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         """Additive change to the host output ``h`` given the host input ``x``."""
@@ -70,6 +75,10 @@ class AdapterModule(nn.Module):
     def delta_weight(self, base: nn.Module) -> torch.Tensor:
         """The change to ``base.weight`` (same shape and layout); weight-delta methods only."""
         raise NotImplementedError(f"{type(self).__name__} has no weight delta")
+
+    def delta_bias(self, base: nn.Module) -> torch.Tensor | None:
+        """The change to ``base.bias`` that merging adds with ``delta_weight``; None: no change."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -84,5 +93,5 @@ class MethodSpec:
     build: Callable[[Any, Site, SiteFinder], AdapterModule]
     paper: str
     sites_used: str
-    routable: bool = True
+    routable: bool = False  # set once the method runs under per-example Route
     generate: bool = True

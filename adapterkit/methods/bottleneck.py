@@ -79,10 +79,8 @@ class BottleneckModule(AdapterModule):
         nn.init.zeros_(self.up.bias)
 
     def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        if self.series:
-            u = h
-        else:
-            u = self.tap.value if self.tap is not None else x
+        # series: the host output; parallel: the tapped sublayer input (or the host input)
+        u = h if self.series else (self.tap.value if self.tap is not None else x)
         out = self.up(self.act(self.down(self.norm(u.to(self.down.weight.dtype)))))
         return (out * self.scaling).to(h.dtype)
 

@@ -88,13 +88,14 @@ class LoRAModule(AdapterModule):
             else:
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
-    def _low_rank(self, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+    def _low_rank(self, x: torch.Tensor, base: nn.Module, drop: bool = True) -> torch.Tensor:
+        """``B @ A`` applied to ``x`` (after dropout unless ``drop=False``), unscaled."""
         a, b = self.lora_A, self.lora_B
         if isinstance(base, nn.Embedding):
             t = F.embedding(x, a.t(), base.padding_idx, base.max_norm, base.norm_type,
                             base.scale_grad_by_freq, base.sparse)
             return F.linear(t, b)
-        x = self.drop(x).to(a.dtype)
+        x = (self.drop(x) if drop else x).to(a.dtype)
         if isinstance(base, nn.Conv2d):
             t = F.conv2d(x, a, None, base.stride, base.padding, base.dilation)
             return F.conv2d(t, b[:, :, None, None])  # (N, r, H, W) -> (N, out, H, W)

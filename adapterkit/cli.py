@@ -1,0 +1,151 @@
+"""The ``adapterkit`` command line: train, eval and info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import AdapterError
+
+
+def _method_config(args: argparse.Namespace) -> Any:
+    from . import Bottleneck, LoRA
+
+    if args.method == "lora":
+        return LoRA(r=args.r, alpha=args.alpha, targets=tuple(args.targets), dropout=args.dropout)
+    return Bottleneck(reduction=args.reduction, placement=args.placement, mode=args.mode)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import AdapterKit
+    from .data import get_task
+    from .hf import load_classifier
+    from .train import TrainArgs, accuracy, predict, train_adapter
+
+    task = get_task(args.task)
+    train, dev = task.split("train"), task.split("dev", limit=args.eval_limit)
+    model, tok = load_classifier(args.model, len(task.labels), seed=args.seed)
+    kit = AdapterKit(model)
+    name = args.name or f"{task.name}_{args.method}"
+    kit.add(name, _method_config(args))
+    targs = TrainArgs(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
+                      lr=args.lr, seed=args.seed)
+    result = train_adapter(kit, name, tok, train, targs)
+    t0 = time.perf_counter()
+    acc = accuracy(predict(model, tok, dev, args.max_length, show=True), dev)
+    eval_s = time.perf_counter() - t0
+    kit.record(name).extra["training"] = {
+        "model": args.model, "task": args.task, "steps": args.steps, "lr": args.lr,
+        "batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed,
+        "dev_accuracy": acc, "dev_examples": len(dev),
+    }
+    kit.save(name, args.out)
+    print(kit.summary())
+    print(f"task {task.name}: {len(train)} train / {len(dev)} dev examples")
+    print(f"trained {args.steps} steps in {result.seconds:.1f}s "
+          f"({result.seconds_per_step:.3f} s/step), final loss {result.losses[-1]:.4f}")
+    print(f"dev accuracy {acc:.4f} (eval {eval_s:.1f}s); saved to {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import AdapterKit
+    from .data import get_task
+    from .hf import load_classifier
+    from .io.native import CONFIG_FILE, read_json
+    from .train import accuracy, predict
+
+    meta = read_json(Path(args.dir) / CONFIG_FILE)
+    training = meta.get("training", {})
+    model_name, task_name = args.model or training.get("model"), args.task or training.get("task")
+    if not model_name or not task_name:
+        raise AdapterError(f"{args.dir} records no model/task; pass --model and --task")
+    task = get_task(task_name)
+    dev = task.split("dev", limit=args.limit)
+    # the new head's seed differs from training's: the saved head must replace it
+    model, tok = load_classifier(model_name, len(task.labels), seed=12345)
+    kit = AdapterKit(model)
+    name = kit.load(args.dir)
+    kit.activate(name)
+    acc = accuracy(predict(model, tok, dev, show=True), dev)
+    print(f"{name}: {task.name} dev accuracy {acc:.4f} on {len(dev)} examples")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .io.native import CONFIG_FILE, WEIGHTS_FILE, detect_format, read_json, read_safetensors
+
+    d = Path(args.dir)
+    fmt = detect_format(d)
+    meta = read_json(d / CONFIG_FILE)
+    print(f"{d}: {fmt} adapter")
+    if fmt != "adapterkit":
+        print(json.dumps(meta, indent=2))
+        return 0
+    tensors = read_safetensors(d / WEIGHTS_FILE)
+    heads = sum(t.numel() for k, t in tensors.items() if k.startswith("head::"))
+    total = sum(t.numel() for t in tensors.values())
+    print(f"name     {meta['name']}\nmethod   {meta['config'].get('method')}")
+    print(f"config   {json.dumps(meta['config'])}")
+    base = meta.get("base", {})
+    print(f"base     model_type={base.get('model_type')} layout={base.get('layout')} "
+          f"fingerprint={base.get('fingerprint')} sites={len(base.get('sites', []))}")
+    print(f"tensors  {len(tensors)} ({total - heads:,} adapter + {heads:,} head parameters), "
+          f"{(d / WEIGHTS_FILE).stat().st_size:,} bytes")
+    print(f"version  format {meta['format_version']}, adapterkit {meta.get('adapterkit_version')}")
+    if "training" in meta:
+        print(f"training {json.dumps(meta['training'])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adapterkit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train an adapter on a classification task")
+    t.add_argument("--model", default="minilm", help="'minilm' or a local transformers directory")
+    t.add_argument("--task", default="sst2", help="'sst2', 'rte' or a TSV task directory")
+    t.add_argument("--method", choices=("lora", "bottleneck"), default="lora")
+    t.add_argument("--steps", type=int, default=400)
+    t.add_argument("--out", required=True)
+    t.add_argument("--name")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--max-length", type=int, default=64)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-limit", type=int, help="evaluate on the first N dev examples")
+    t.add_argument("--r", type=int, default=8)
+    t.add_argument("--alpha", type=float, default=16)
+    t.add_argument("--dropout", type=float, default=0.0)
+    t.add_argument("--targets", nargs="+", default=["attn.q", "attn.v"])
+    t.add_argument("--reduction", type=float, default=16)
+    t.add_argument("--placement", choices=("ffn", "attn", "both"), default="ffn")
+    t.add_argument("--mode", choices=("series", "parallel"), default="series")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a saved adapter on its task's dev split")
+    e.add_argument("dir")
+    e.add_argument("--model")
+    e.add_argument("--task")
+    e.add_argument("--limit", type=int)
+    e.set_defaults(func=cmd_eval)
+    i = sub.add_parser("info", help="describe a saved adapter")
+    i.add_argument("dir")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AdapterError as exc:
+        print(f"adapterkit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""PEFT's module matching and tensor naming for LoRA, written against module paths.
+
+These functions reproduce what ``peft`` (checked against 0.21) does when it injects a LoRA
+config into a model, so that adapterkit attaches to exactly the modules PEFT would:
+
+- ``target_modules`` as a list: a path matches if it equals a name or ends with ``"." + name``;
+  ``layers_to_transform`` / ``layers_pattern`` then filter suffix matches by layer index.
+- ``target_modules`` as a string: ``re.fullmatch`` on the path.
+- ``exclude_modules``: the same two forms, removing paths.
+- modules in ``modules_to_save`` (and everything under them) never get LoRA; a module is saved
+  when its path ends with one of the names (plain ``str.endswith``, as PEFT does).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .kitio import HEAD
+
+if TYPE_CHECKING:
+    from ..kit import AdapterKit
+
+PREFIX = "base_model.model."
+#: Modules that PEFT adds to ``modules_to_save`` for a task type.
+TASK_HEADS: dict[str, tuple[str, ...]] = {
+    "SEQ_CLS": ("classifier", "score"),
+    "TOKEN_CLS": ("classifier", "score"),
+    "QUESTION_ANS": ("qa_outputs",),
+}
+
+
+def saved_names(cfg: dict[str, Any]) -> list[str]:
+    """``modules_to_save`` as PEFT uses it: the listed names plus those of the task type."""
+    names = list(cfg.get("modules_to_save") or [])
+    return names + [n for n in TASK_HEADS.get(str(cfg.get("task_type")), ()) if n not in names]
+
+
+def in_saved_module(path: str, names: Iterable[str]) -> bool:
+    """Whether ``path`` is, or lies under, a module to save (PEFT never puts LoRA there)."""
+    return any(re.match(rf"(^|.*\.){m}($|\..*)", path) for m in names)
+
+
+def _name_hit(path: str, names: str | Sequence[str]) -> bool:
+    if isinstance(names, str):
+        return re.fullmatch(names, path) is not None
+    return path in names or any(path.endswith(f".{n}") for n in names)
+
+
+def _layer_index(path: str, pattern: str | Sequence[str] | None) -> int | None:
+    if not pattern:
+        m = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", path)
+    else:
+        m = None
+        for p in [pattern] if isinstance(pattern, str) else pattern:
+            m = re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", path)
+            if m is not None:
+                break
+    return int(m.group("idx")) if m else None
+
+
+def _target_hit(path: str, cfg: dict[str, Any]) -> bool:
+    targets = cfg["target_modules"]
+    if isinstance(targets, str) or path in targets:
+        return _name_hit(path, targets)
+    if not any(path.endswith(f".{t}") for t in targets):
+        return False
+    layers = cfg.get("layers_to_transform")
+    if layers is None or layers == []:
+        return True
+    index = _layer_index(path, cfg.get("layers_pattern"))
+    if index is None:
+        return False
+    return index == layers if isinstance(layers, int) else index in layers
+
+
+def peft_sites(paths: Iterable[str], cfg: dict[str, Any]) -> list[str]:
+    """The paths PEFT puts LoRA on, in the order given."""
+    exclude = cfg.get("exclude_modules")
+    saved = saved_names(cfg)
+    return [
+        p for p in paths
+        if p and not (exclude and _name_hit(p, exclude)) and not in_saved_module(p, saved)
+        and _target_hit(p, cfg)
+    ]
+
+
+def saved_paths(paths: Iterable[str], names: Sequence[str]) -> list[str]:
+    """The paths PEFT wraps as modules to save."""
+    return [p for p in paths if p and any(p.endswith(n) for n in names)]
+
+
+def _peft_leaf(leaf: str, base: nn.Module) -> str:
+    if isinstance(base, nn.Embedding) and leaf in ("lora_A", "lora_B"):
+        return f"lora_embedding_{leaf[-1]}"
+    return {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight",
+            "magnitude": "lora_magnitude_vector"}.get(leaf, leaf)
+
+
+def key_map(kit: AdapterKit, ours: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Size]]:
+    """Our tensor key -> (PEFT key, shape in the PEFT file), for every tensor in ``ours``
+    (named as :func:`adapterkit.io.kitio.adapter_tensors` names them)."""
+    out: dict[str, tuple[str, torch.Size]] = {}
+    for key, t in ours.items():
+        if key.startswith(HEAD):
+            out[key] = (PREFIX + key[len(HEAD):], t.shape)
+            continue
+        host, leaf = key.rsplit(".", 1)
+        base = kit.model.get_submodule(host)
+        conv_b = isinstance(base, nn.Conv2d) and leaf == "lora_B"
+        shape = torch.Size((*t.shape, 1, 1)) if conv_b else t.shape  # PEFT: a 1x1 conv
+        out[key] = (f"{PREFIX}{host}.{_peft_leaf(leaf, base)}", shape)
+    return out
+
+
+def to_peft(tensors: dict[str, torch.Tensor],
+            keys: dict[str, tuple[str, torch.Size]]) -> dict[str, torch.Tensor]:
+    """Our tensors renamed and reshaped the PEFT way."""
+    return {keys[k][0]: t.reshape(keys[k][1]) for k, t in tensors.items()}
+
+
+def from_peft(found: dict[str, torch.Tensor], keys: dict[str, tuple[str, torch.Size]],
+              ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """File tensors (already checked against ``to_peft(ours, keys)``) renamed our way."""
+    return {k: found[peft_key].reshape(ours[k].shape) for k, (peft_key, _) in keys.items()}

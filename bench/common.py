@@ -1,0 +1,62 @@
+"""Shared benchmark plumbing: pinned threads, interleaved rounds, medians, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pin_threads(n: int | None = None) -> int:
+    n = n or int(os.environ.get("BENCH_THREADS", "0")) or (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def interleaved(cases: dict[str, Callable[[], Any]], rounds: int, warmup: int = 2,
+                inner: int = 1) -> dict[str, float]:
+    """Median seconds per call of each case; every round runs each case once, in rotated order
+    so that no case always follows the same neighbour."""
+    names = list(cases)
+    for _ in range(warmup):
+        for n in names:
+            cases[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            start = time.perf_counter()
+            for _ in range(inner):
+                cases[n]()
+            times[n].append((time.perf_counter() - start) / inner)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads()}
+
+
+def write(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    return path
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    cells = [header, *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
