@@ -38,7 +38,7 @@ def main() -> int:
     kit.add("sst2", ak.LoRA(r=8, alpha=16, targets=("attn.q", "attn.v")))
     print(kit.summary())
 
-    result = train_adapter(kit, "sst2", tok, train, TrainArgs(steps=steps, lr=1e-3))
+    result = train_adapter(kit, "sst2", tok, train, TrainArgs(steps=steps, lr=2e-3))
     preds, eval_s = timed(predict, model, tok, dev)
     acc = accuracy(preds, dev)
     kit.save("sst2", out_dir)
