@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check adapterkit tests bench examples scripts
 
 bench: $(STAMP)
-	$(PY) bench/overhead.py
+	$(PY) bench/suite.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

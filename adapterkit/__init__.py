@@ -11,6 +11,16 @@ Adapters are named, composable, mergeable and shareable objects attached to any
 
 __version__ = "0.1.0"
 
+from .composition import (
+    Average,
+    BatchSplit,
+    CompositionError,
+    Fuse,
+    Parallel,
+    Route,
+    Split,
+    Stack,
+)
 from .errors import (
     AdapterError,
     AdapterNameError,
@@ -19,17 +29,26 @@ from .errors import (
     NotMergeableError,
     TargetError,
 )
+from .extraction import ExtractionReport, extract_lora
 from .kit import AdapterKit
 from .layouts import LAYOUTS, ROLES, Layout
 from .methods import methods
 from .methods.bottleneck import Bottleneck
 from .methods.dora import DoRA
+from .methods.eigenlora import EigenLoRA
+from .methods.fusion import Fusion
 from .methods.ia3 import IA3
 from .methods.lora import LoRA
 from .methods.vera import VeRA
+from .operations import CombineError, CombineReport
+from .quantization import QuantizeReport, quantize
+from .subspace import SubspaceReport, principal_subspace
 
 __all__ = [
-    "IA3", "LAYOUTS", "ROLES", "AdapterError", "AdapterKit", "AdapterNameError", "Bottleneck",
-    "ConfigError", "DoRA", "Layout", "LoRA", "LoadError", "NotMergeableError", "TargetError",
-    "VeRA", "__version__", "methods",
+    "IA3", "LAYOUTS", "ROLES", "AdapterError", "AdapterKit", "AdapterNameError", "Average",
+    "BatchSplit", "Bottleneck", "CombineError", "CombineReport", "CompositionError", "ConfigError",
+    "DoRA", "EigenLoRA", "ExtractionReport", "Fuse", "Fusion", "Layout", "LoRA", "LoadError",
+    "NotMergeableError", "Parallel", "QuantizeReport", "Route", "Split", "Stack", "SubspaceReport",
+    "TargetError", "VeRA", "__version__", "extract_lora", "methods", "principal_subspace",
+    "quantize",
 ]

@@ -88,6 +88,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(meta, indent=2))
         return 0
     tensors = read_safetensors(d / WEIGHTS_FILE)
+    if "quantization" in meta:  # count the parameters, not the packed codes
+        from .quantization import dequantize_checkpoint
+
+        tensors = dequantize_checkpoint(meta, tensors, str(d))
     heads = sum(t.numel() for k, t in tensors.items() if k.startswith("head::"))
     total = sum(t.numel() for t in tensors.values())
     print(f"name     {meta['name']}\nmethod   {meta['config'].get('method')}")
@@ -98,6 +102,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"tensors  {len(tensors)} ({total - heads:,} adapter + {heads:,} head parameters), "
           f"{(d / WEIGHTS_FILE).stat().st_size:,} bytes")
     print(f"version  format {meta['format_version']}, adapterkit {meta.get('adapterkit_version')}")
+    if "quantization" in meta:
+        q = meta["quantization"]
+        print(f"quantized {q['bits']} bits ({q['scheme']}), vectors {q['vector_bits'] or 'full'} bits")
     if "training" in meta:
         print(f"training {json.dumps(meta['training'])}")
     return 0
@@ -135,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a saved adapter")
     i.add_argument("dir")
     i.set_defaults(func=cmd_info)
+    from .cli_ops import add_commands
+
+    add_commands(sub)  # extract, quantize, subspace
     return p
 
 

@@ -2,8 +2,10 @@
 
 Each host module (a module some adapter changes) gets one child ``adapterkit``: an
 :class:`AdapterSlot` holding that host's adapter modules by adapter name, and one forward hook
-that applies the active ones. Modules whose input feeds parallel adapters get a pre-hook writing
-that input to a :class:`Tap`. Base parameter names are left as they were.
+that runs the active composition, compiled by :mod:`adapterkit.compose` (an adapter name, a
+Stack, Route, ...). Modules whose input feeds parallel adapters get a pre-hook writing that input
+to a :class:`Tap`; the hook hands each adapter its input (tapped or the host's) through
+:class:`~adapterkit.compose.nodes.Inputs`. Base parameter names are left as they were.
 """
 
 from __future__ import annotations
@@ -11,51 +13,55 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .methods.base import AdapterModule, MethodKind, Tap
+from .compose.cache import StackCache
+from .compose.nodes import Inputs, Node
+from .compose.parallel import make_parallel_pre_hook
+from .methods.base import AdapterModule, Tap
 
 SLOT = "adapterkit"
 
 
 class KitState:
-    """What runs now: the active adapter names, in order."""
+    """What runs now: the compiled composition (``root``; None: the base model), the adapter
+    names it uses, its Parallel replica count, and the batch size Parallel last saw."""
 
-    __slots__ = ("active",)
+    __slots__ = ("active", "parallel_batch", "plan", "replicas", "root")
 
     def __init__(self) -> None:
         self.active: tuple[str, ...] = ()
+        self.plan: Any = None  # compose.compile.Plan
+        self.root: Node | None = None
+        self.replicas = 1
+        self.parallel_batch = 0
 
 
 class AdapterSlot(nn.ModuleDict):
-    """The adapter modules of one host, by adapter name."""
+    """The adapter modules of one host, by adapter name. ``taps``: the taps its modules read;
+    ``route_cache``: routing plans and stacked weights, cleared whenever the contents change."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.taps: tuple[Tap, ...] = ()
+        self.route_cache = StackCache()
 
-def _apply_active(slot: AdapterSlot, state: KitState, host: nn.Module, h: torch.Tensor,
-                  x: torch.Tensor) -> torch.Tensor:
-    mods = slot._modules
-    present = [mods[n] for n in state.active if n in mods]
-    # weight deltas see the host input only, so they go first; residual adapters then see
-    # the host output including them
-    for mod in present:
-        if mod.kind is MethodKind.WEIGHT_DELTA and not mod.merged:
-            h = mod.apply(h, x, host)
-    for mod in present:
-        if mod.kind is MethodKind.RESIDUAL:
-            h = mod.apply(h, x, host)
-    return h
+    def changed(self) -> None:
+        self.taps = tuple(dict.fromkeys(m.tap for m in self.values() if m.tap is not None))
+        self.route_cache.clear()
 
 
 def make_hook(slot: AdapterSlot, state: KitState) -> Callable[..., Any]:
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        if not state.active:
+        root = state.root
+        if root is None:
             return None
         x = args[0] if args else next(iter(kwargs.values()), None)
+        inp = Inputs(x, {t: t.value for t in slot.taps} if slot.taps else None)
         if isinstance(output, tuple):
-            return (_apply_active(slot, state, module, output[0], x), *output[1:])
-        return _apply_active(slot, state, module, output, x)
+            return (root.run(output[0], inp, slot, module), *output[1:])
+        return root.run(output, inp, slot, module)
 
     return hook
 
@@ -75,6 +81,19 @@ class Executor:
         self.state = KitState()
         self._hooks: dict[str, RemovableHandle] = {}
         self._taps: dict[str, tuple[Tap, RemovableHandle, int]] = {}
+        self._parallel: RemovableHandle | None = None
+
+    def set_plan(self, plan: Any) -> None:
+        """Run ``plan`` (a ``compose.compile.Plan``) from the next forward on."""
+        state = self.state
+        state.plan, state.root, state.active = plan, plan.root, plan.names
+        state.replicas = plan.replicas
+        if plan.replicas > 1 and self._parallel is None:
+            self._parallel = self.model.register_forward_pre_hook(
+                make_parallel_pre_hook(state), with_kwargs=True)
+        elif plan.replicas == 1 and self._parallel is not None:
+            self._parallel.remove()
+            self._parallel = None
 
     def attach(self, name: str, host_path: str, module: AdapterModule,
                input_path: str | None) -> None:
@@ -89,6 +108,7 @@ class Executor:
         slot[name] = module
         if input_path is not None:
             module.tap = self._tap(input_path)
+        slot.changed()
 
     def detach(self, name: str, host_path: str) -> None:
         host = self.model.get_submodule(host_path)
@@ -98,6 +118,7 @@ class Executor:
         if module.tap is not None:
             self._untap(module.tap)
             module.tap = None
+        slot.changed()
         if len(slot) == 0:
             self._hooks.pop(host_path).remove()
             delattr(host, SLOT)

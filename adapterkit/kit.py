@@ -11,6 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .compose.api import Compositions
+from .compose.compile import compile_plan
+from .composition import Block, CompositionError, as_composition
 from .errors import AdapterNameError, NotMergeableError, closest
 from .executor import Executor
 from .layouts import Layout, get_layout, layout_for
@@ -42,8 +45,10 @@ class AdapterRecord:
             yield from module.parameters()
 
 
-class AdapterKit:
-    """Adapters on one ``torch.nn.Module``. ``AdapterKit(model)`` twice gives the same kit."""
+class AdapterKit(Compositions):
+    """Adapters on one ``torch.nn.Module``. ``AdapterKit(model)`` twice gives the same kit.
+    Composition methods (``route``, ``add_fusion``, ``train_fusion``, ``split_parallel``,
+    ``save_setup``, ``load_setup``) come from :class:`~adapterkit.compose.api.Compositions`."""
 
     def __new__(cls, model: nn.Module, layout: str | Layout | None = None) -> AdapterKit:
         existing = model.__dict__.get(_ATTR)
@@ -126,30 +131,40 @@ class AdapterKit:
     def remove(self, name: str) -> None:
         """Remove adapter ``name``, unmerging it first; the base model is as before ``add``."""
         record = self.record(name)
+        self._check_not_composed(name, "remove")
         if record.merged:
             self._unmerge_record(record)
         for site in record.sites:
             self._exec.detach(name, site.host)
         del self._records[name]
-        self._exec.state.active = tuple(n for n in self.active if n != name)
+        if name in self.active:  # only a name or a Stack of names may lose a member
+            self.activate([n for n in self.active if n != name])
 
     # -- running -----------------------------------------------------------------------------
-    def activate(self, name: str | Sequence[str] | None) -> None:
-        """Select what runs in forward: an adapter name, several names, or None for the base."""
-        if name is None or name == BASE:
-            names: tuple[str, ...] = ()
-        elif isinstance(name, str):
-            names = (name,)
-        else:
-            names = tuple(name)
-        for n in names:
-            self.record(n)
-        self._exec.state.active = names
+    def _check_not_composed(self, name: str, what: str) -> None:
+        plan = self._exec.state.plan
+        if name in self.active and not plan.flat:
+            raise CompositionError(f"cannot {what} {name!r}: it is part of the active composition "
+                                   f"{plan.composition!r}; activate another one first")
 
-    def train(self, name: str, train_also: Sequence[str] = ()) -> list[nn.Parameter]:
+    def activate(self, name: str | Sequence[str] | Block | None, strategy: str | None = None) -> None:
+        """Select what runs in forward: an adapter name, a list of names (their ``Stack``), a
+        composition block (``Stack``, ``Fuse``, ``Average``, ``Split``, ``BatchSplit``,
+        ``Parallel``, ``Route``; see docs/composition.md) or None for the base model. Raises
+        ``CompositionError`` for a combination the adapters cannot run; ``strategy`` forces
+        Route's LoRA kernel (``"auto"``, ``"dense"``, ``"gather"``, ``"loop"``)."""
+        self._exec.set_plan(compile_plan(self, as_composition(name), strategy))
+
+    def train(self, name: str, train_also: Sequence[str] = (),
+              quantize_bits: int | None = None) -> list[nn.Parameter]:
         """Freeze everything except adapter ``name`` and the modules named in ``train_also``
-        (saved with the adapter), activate it, and return the trainable parameters."""
+        (saved with the adapter), activate it, and return the trainable parameters.
+        ``quantize_bits`` turns on quantisation-aware training (see ``adapterkit.quantization``)."""
         record = self.record(name)
+        if quantize_bits is not None:
+            from .quantization import enable_qat
+
+            enable_qat(self, name, quantize_bits)
         heads = tuple(self.finder().paths(tuple(train_also))) if train_also else ()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -174,10 +189,29 @@ class AdapterKit:
             )
         if record.merged:
             return
+        self._check_not_composed(name, "merge")
+        self._check_untied(record)
         with torch.no_grad():
             for host_path, module in record.modules.items():
                 _fold(self.model.get_submodule(host_path), module)
         record.merged = True
+
+    def _check_untied(self, record: AdapterRecord) -> None:
+        """Merging into a weight another module shares (tied embeddings and LM heads) would
+        change that module too, so it is refused."""
+        owners: dict[int, list[str]] = {}
+        for path, module in self.model.named_modules(remove_duplicate=False):
+            w = module._parameters.get("weight")
+            if w is not None:
+                owners.setdefault(id(w), []).append(path)
+        tied = {h: [p for p in owners[id(self.model.get_submodule(h).weight)] if p != h]
+                for h in record.modules}
+        tied = {h: others for h, others in tied.items() if others}
+        if tied:
+            raise NotMergeableError(
+                f"adapter {record.name!r} cannot be merged: these weights are tied to other "
+                f"modules, which merging would change too: {tied}; keep it unmerged or untie them"
+            )
 
     def _unmerge_record(self, record: AdapterRecord) -> None:
         with torch.no_grad():
@@ -191,6 +225,15 @@ class AdapterKit:
         for record in reversed(records):
             if record.merged:
                 self._unmerge_record(record)
+
+    def combine(self, name: str, weights: dict[str, float], how: str = "cat",
+                **options: Any) -> Any:
+        """Add adapter ``name`` combining the weighted adapters (``how``: cat, svd, linear,
+        task_arithmetic, ties, dare_linear, dare_ties); returns a ``CombineReport``. See
+        ``adapterkit.operations.combine``."""
+        from .operations import combine
+
+        return combine(self, name, weights, how, **options)
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, name: str, directory: str | os.PathLike, format: str = "adapterkit") -> None:

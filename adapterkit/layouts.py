@@ -18,6 +18,7 @@ LAYER_ROLES = (
     "attn.q", "attn.k", "attn.v", "attn.out",
     "xattn.q", "xattn.k", "xattn.v", "xattn.out",
     "ffn.in", "ffn.up", "ffn.gate", "ffn.out",
+    "attn.norm", "ffn.norm",  # post-LN families: the LayerNorm after each sublayer's residual
 )
 #: Roles outside the layers.
 GLOBAL_ROLES = ("embed",)
@@ -67,6 +68,8 @@ _BERT_ROLES = {
     "ffn.in": r"intermediate\.dense",
     "ffn.up": r"intermediate\.dense",
     "ffn.out": r"output\.dense",
+    "attn.norm": r"attention\.output\.LayerNorm",
+    "ffn.norm": r"output\.LayerNorm",
 }
 _LLAMA_ROLES = {
     "attn.q": r"self_attn\.q_proj",

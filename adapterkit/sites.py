@@ -115,9 +115,10 @@ class SiteFinder:
         if bad:
             raise TargetError(f"{method} supports {what}; these targets are not: {bad}")
 
-    def sublayer_sites(self, placement: str) -> list[Site]:
+    def sublayer_sites(self, placement: str, with_norm: bool = False) -> list[Site]:
         """One residual site per layer and sublayer: host = the sublayer's output projection,
-        input = the sublayer's first input projection (whose input is the sublayer input)."""
+        input = the sublayer's first input projection (whose input is the sublayer input) and,
+        with ``with_norm``, norm = the LayerNorm after the sublayer's residual (post-LN models)."""
         if self.layout is None:
             raise TargetError(
                 "bottleneck placement needs a layout; this model has none "
@@ -127,10 +128,18 @@ class SiteFinder:
         parts["both"] = parts["attn"] + parts["ffn"]
         sites: list[Site] = []
         for out_role, in_role in parts[placement]:
+            part = out_role.split(".")[0]
             outs = self._first_per_layer(out_role)
             ins = self._first_per_layer(in_role)
+            has_norm = with_norm and f"{part}.norm" in self.layout.roles
+            norms = self._first_per_layer(f"{part}.norm") if has_norm else {}
+            if with_norm and not norms:
+                raise TargetError(
+                    f"layout {self.layout.family!r} has no post-residual LayerNorm ({part}.norm): "
+                    "reading LN(h + x) needs a post-LN model such as bert, roberta or xlm-roberta"
+                )
             for layer, host in outs.items():
-                sites.append(Site(host=host, input=ins.get(layer), role=out_role.split(".")[0]))
+                sites.append(Site(host=host, input=ins.get(layer), role=part, norm=norms.get(layer)))
         if not sites:
             raise TargetError(f"no {placement} sublayers found in layout {self.layout.family!r}")
         order = list(self.modules)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import adapterkit as ak
+from adapterkit.composition import NAME, NESTING, SEMANTICS
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- methods:begin -->", "<!-- methods:end -->"
 
 
 def methods_table() -> str:
@@ -21,22 +22,52 @@ def methods_table() -> str:
     return "\n".join(rows)
 
 
-def render(text: str) -> str:
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{methods_table()}\n{END}{tail}"
+def composition_tables() -> str:
+    """What each block computes per method kind, and which block may hold which."""
+    rows = ["| block | weight-delta adapters (LoRA, VeRA, DoRA, IA3) | residual adapters "
+            "(bottleneck) | in general |", "|---|---|---|---|"]
+    rows += [f"| `{b}` | {w} | {r} | {g} |" for b, (w, r, g) in SEMANTICS.items()]
+    kinds = [NAME, "__base__", *NESTING]
+    rows += ["", "Legal nesting (row: parent, column: child; blocks no parent holds are legal only "
+             "at the top level):", "",
+             "| parent | " + " | ".join(f"`{k}`" if k != NAME else "adapter name" for k in kinds)
+             + " |", "|---" * (len(kinds) + 1) + "|"]
+    for parent, held in NESTING.items():
+        rows.append(f"| `{parent}` | " + " | ".join("yes" if k in held else "" for k in kinds) + " |")
+    routable = ", ".join(f"`{m.name}`" for m in ak.methods() if m.routable)
+    rows += ["", f"Methods that run under `Route` (`routable=True`): {routable}."]
+    return "\n".join(rows)
+
+
+#: file -> (marker name, renderer) of each generated block
+BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
+    "methods.md": ("methods", methods_table),
+    "composition.md": ("composition", composition_tables),
+}
+
+
+def render(text: str, marker: str, body: str) -> str:
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
 def main(argv: list[str]) -> int:
-    path = ROOT / "docs" / "methods.md"
-    old = path.read_text()
-    new = render(old)
-    if "--check" in argv:
-        if new != old:
-            print(f"{path} is out of date: run python scripts/gen_docs.py", file=sys.stderr)
-            return 1
-        return 0
-    path.write_text(new)
+    stale = []
+    for name, (marker, make) in BLOCKS.items():
+        path = ROOT / "docs" / name
+        old = path.read_text()
+        new = render(old, marker, make())
+        if new == old:
+            continue
+        if "--check" in argv:
+            stale.append(str(path))
+        else:
+            path.write_text(new)
+    if stale:
+        print(f"{stale} out of date: run python scripts/gen_docs.py", file=sys.stderr)
+        return 1
     return 0
 
 

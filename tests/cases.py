@@ -8,6 +8,7 @@ from typing import Any
 
 import adapterkit as ak
 
+from .basis import basis_for
 from .models import MODELS
 
 
@@ -17,6 +18,7 @@ class MethodCase:
     make: Callable[[str], Any]  # family -> config
     identity_at_init: bool = True
     merge_tol: float = 1e-5  # fp32: merged and merge->unmerge vs unmerged outputs
+    train_ratio: float = 0.5  # final / first loss after 30 steps on the reachable toy task
 
 
 def _lora(**kw: Any) -> Callable[[str], Any]:
@@ -38,6 +40,9 @@ METHOD_CASES: tuple[MethodCase, ...] = (
     MethodCase("lora-all-linear-rslora", lambda f: ak.LoRA(
         r=4, alpha=8, use_rslora=True,
         targets=MODELS[f].lora_targets or ("all-linear",))),
+    # an embedding delta reaches decoder logits through many layers: slower on the toy task
+    MethodCase("lora-embed", lambda f: ak.LoRA(r=4, alpha=8, targets=MODELS[f].lora_targets or ("embed",)),
+               train_ratio=0.9),
     MethodCase("lora-ffn-dropout", lambda f: ak.LoRA(
         r=2, alpha=4, dropout=0.1, targets=MODELS[f].lora_targets or ("ffn.in", "ffn.out"))),
     MethodCase("houlsby", _bottleneck(reduction=4, placement="both")),
@@ -60,4 +65,5 @@ METHOD_CASES: tuple[MethodCase, ...] = (
     MethodCase("vera-all-linear-noproj", lambda f: ak.VeRA(
         r=4, d_initial=0.5, projection_prng_key=3, save_projection=False,
         targets=MODELS[f].lora_targets or ("all-linear",))),
+    MethodCase("eigenlora-qv", lambda f: ak.EigenLoRA(basis=basis_for(f), k=4, r=2, alpha=4)),
 )

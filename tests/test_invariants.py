@@ -98,6 +98,18 @@ def test_save_load_bit_exact(case: MethodCase, family: str, tmp_path) -> None:
     assert kit2.names == ["a", "b"]
 
 
+def _tied_hosts(model, kit: ak.AdapterKit) -> list[str]:
+    """Hosts whose weight tensor some other module also holds (written independently of the
+    library: by storage pointer)."""
+    ptrs: dict[int, int] = {}
+    for m in model.modules():
+        w = m._parameters.get("weight")
+        if w is not None:
+            ptrs[w.data_ptr()] = ptrs.get(w.data_ptr(), 0) + 1
+    return [h for h in kit.record("a").modules
+            if ptrs[model.get_submodule(h).weight.data_ptr()] > 1]
+
+
 @pytest.mark.parametrize(("case", "family"), PAIRS)
 def test_merge_unmerge(case: MethodCase, family: str) -> None:
     model, kit = _setup(case, family)
@@ -108,6 +120,11 @@ def test_merge_unmerge(case: MethodCase, family: str) -> None:
     if not kit.record("a").spec.mergeable:
         with pytest.raises(ak.NotMergeableError, match="cannot be merged"):
             kit.merge("a")
+        return
+    if _tied_hosts(model, kit):
+        with pytest.raises(ak.NotMergeableError, match="tied to other modules"):
+            kit.merge("a")
+        torch.testing.assert_close(run(model, family, x), want, atol=0, rtol=0)
         return
     kit.merge("a")
     assert kit.summary()[0]["merged"]
@@ -169,4 +186,4 @@ def test_thirty_steps_lower_the_loss(case: MethodCase, family: str) -> None:
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < case.train_ratio * losses[0], losses

@@ -39,9 +39,11 @@ def head_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def adapter_tensors(kit: AdapterKit, record: AdapterRecord) -> dict[str, torch.Tensor]:
+    from ..quantization import plain_state  # parametrised (QAT) tensors under plain names
+
     out = {}
     for host, module in record.modules.items():
-        for key, t in module.state_dict().items():
+        for key, t in plain_state(module).items():
             out[f"{host}.{key}"] = t
     for path in record.heads:
         for key, t in head_state(kit.model.get_submodule(path)).items():
@@ -112,9 +114,17 @@ def load_adapter(kit: AdapterKit, directory: str | os.PathLike, name: str | None
         from .peft import load_peft
 
         return load_peft(kit, d, name)
+    if fmt == "adapterhub":
+        from .adapterhub import load_adapterhub
+
+        return load_adapterhub(kit, d, name)
     if fmt != "adapterkit":
         raise LoadError(f"{d}: loading the {fmt} format is not supported")
     meta, tensors = read_checkpoint(d)
+    if "quantization" in meta:
+        from ..quantization import dequantize_checkpoint
+
+        tensors = dequantize_checkpoint(meta, tensors, str(d))
     try:
         record = _plan_from_meta(kit, meta, name, d)
     except LoadError:

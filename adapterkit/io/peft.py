@@ -202,6 +202,11 @@ def _check_exportable(kit: AdapterKit, record: AdapterRecord) -> None:
             f"adapter {record.name!r} uses the {record.spec.name} method; format='peft' writes "
             "PEFT LoRA checkpoints, which hold LoRA (with rsLoRA) and DoRA adapters only"
         )
+    if getattr(record.config, "rank_pattern", ()):
+        raise PeftExportError(
+            f"adapter {record.name!r} has per-site ranks (rank_pattern), which format='peft' "
+            "does not write; save it in the adapterkit format"
+        )
     hosts = [s.host for s in record.sites]
     bad = _incompatible(kit, hosts)
     bad += [f"{h}: inside a trained head (PEFT puts no LoRA in modules_to_save)"

@@ -12,7 +12,7 @@ are written once against this primitive.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,6 +28,7 @@ class MethodKind(str, enum.Enum):
     RESIDUAL = "residual"  # bottleneck-style module added at a sublayer output
     PREFIX = "prefix"  # key/value prefixes at attention
     PROMPT = "prompt"  # soft tokens at the input
+    FUSION = "fusion"  # AdapterFusion layer: runs only inside a Fuse composition block
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,14 @@ class Site:
 
     ``host`` is the module path whose output the adapter changes (and under which its parameters
     are stored); ``input`` names a module whose *input* feeds the adapter instead of the host's
-    own, as parallel adapters need. ``role`` is the layout role that found it, if any.
+    own, as parallel adapters need. ``role`` is the layout role that found it, if any. ``norm``
+    names the sublayer's own post-residual LayerNorm, for adapters that read ``LN(h + x)``.
     """
 
     host: str
     input: str | None = None
     role: str | None = None
+    norm: str | None = None
 
 
 class Tap:
@@ -69,8 +72,22 @@ class AdapterModule(nn.Module):
         self.merge_stash: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        """Additive change to the host output ``h`` given the host input ``x``."""
+        """Additive change to the host output ``h`` given the adapter's input ``x``: the host's
+        input, or for a module with a tap the tapped input (the executor passes it)."""
         raise NotImplementedError
+
+    @classmethod
+    def route_deltas(cls, modules: Sequence[AdapterModule], rows: torch.Tensor, h: torch.Tensor,
+                     xs: Sequence[Any], base: nn.Module, cache: Any = None,
+                     strategy: str | None = None) -> torch.Tensor:
+        """Per-example routing primitive: the deltas of ``modules`` (K modules of this class at
+        one host) where row i of the batch runs ``modules[rows[i]]`` (``rows``: (N,) long,
+        ``-1``: none) on ``h``: (N, ..., out) and ``xs[k]`` (module k's input); (N, ..., out).
+        This generic version calls ``delta`` once per distinct module on its rows; methods
+        override it with a batched kernel (``cache``: the host's ``StackCache``)."""
+        from ..compose.kernels import loop_route
+
+        return loop_route(modules, rows, h, xs, base)
 
     def delta_weight(self, base: nn.Module) -> torch.Tensor:
         """The change to ``base.weight`` (same shape and layout); weight-delta methods only."""

@@ -11,11 +11,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..compose.kernels import bottleneck_route
 from ..config import check_choice, check_positive
 from ..errors import ConfigError
 from ..sites import SiteFinder, features_of, is_linear_like
@@ -30,9 +33,11 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.Si
 class Bottleneck:
     """Config of a bottleneck adapter ``delta = scaling * up(act(down(LN?(u))))``.
 
-    ``u`` is the sublayer output (series) or the sublayer input (parallel); the bottleneck width
-    is ``features // reduction``. ``targets`` (regular expressions or module names) replaces the
-    layout-driven ``placement`` for models without a layout.
+    ``u`` is the sublayer output ``h`` (series) or the sublayer input ``x`` (parallel); the
+    bottleneck width is ``features // reduction``. With ``original_ln_before`` (series, post-LN
+    models) ``u = LN(h + x)`` through the sublayer's own LayerNorm, as AdapterHub's Pfeiffer
+    adapter reads it; the residual is still ``h``. ``targets`` (regular expressions or module
+    names) replaces the layout-driven ``placement`` for models without a layout.
     """
 
     reduction: float = 16
@@ -42,6 +47,7 @@ class Bottleneck:
     non_linearity: str = "relu"
     layer_norm: bool = False
     targets: tuple[str, ...] | None = None
+    original_ln_before: bool = False
 
     def __post_init__(self) -> None:
         check_positive("Bottleneck", "reduction", self.reduction)
@@ -54,6 +60,9 @@ class Bottleneck:
             if not self.targets:
                 raise ConfigError("Bottleneck.targets must be None or a non-empty sequence")
             object.__setattr__(self, "targets", tuple(self.targets))
+        if self.original_ln_before and (self.mode != "series" or self.targets is not None):
+            raise ConfigError("Bottleneck.original_ln_before needs mode='series' and a layout "
+                              "placement (not targets)")
 
 
 class BottleneckModule(AdapterModule):
@@ -75,22 +84,35 @@ class BottleneckModule(AdapterModule):
         self.up = nn.Linear(width, n_out, **kw)
         self.scaling = config.scaling
         self.series = config.mode == "series"
+        # the sublayer's own LayerNorm (a base module: kept out of this module's parameters)
+        object.__setattr__(self, "orig_norm", None)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
     def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        # series: the host output; parallel: the tapped sublayer input (or the host input)
-        u = h if self.series else (self.tap.value if self.tap is not None else x)
+        # series: the host output; parallel: x, the tapped sublayer input (or the host input)
+        u = h if self.series else x
+        if self.orig_norm is not None:
+            u = self.orig_norm(h + x)  # LN(h + x): x is the tapped sublayer input
         out = self.up(self.act(self.down(self.norm(u.to(self.down.weight.dtype)))))
         return (out * self.scaling).to(h.dtype)
 
     def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         return h + self.delta(h, x, base)
 
+    @classmethod
+    def route_deltas(cls, modules: Sequence[AdapterModule], rows: torch.Tensor, h: torch.Tensor,
+                     xs: Sequence[Any], base: nn.Module, cache: Any = None,
+                     strategy: str | None = None) -> torch.Tensor:
+        """Batched per-row bottleneck (see ``compose.kernels.bottleneck_route``)."""
+        if cls is not BottleneckModule:
+            return super().route_deltas(modules, rows, h, xs, base, cache, strategy)
+        return bottleneck_route(modules, rows, h, xs, base, cache, strategy)
+
 
 def _find_sites(config: Bottleneck, finder: SiteFinder) -> list[Site]:
     if config.targets is None:
-        sites = finder.sublayer_sites(config.placement)
+        sites = finder.sublayer_sites(config.placement, with_norm=config.original_ln_before)
     else:
         sites = [Site(host=p) for p in finder.paths(config.targets)]
     hosts = [s.host for s in sites]
@@ -106,12 +128,15 @@ def _build(config: Bottleneck, site: Site, finder: SiteFinder) -> BottleneckModu
     else:
         n_in = features_of(finder.module(site.input) if site.input else host)[0]
     width = max(1, int(n_in // config.reduction))
-    return BottleneckModule(n_in, n_out, width, config, host.weight)
+    module = BottleneckModule(n_in, n_out, width, config, host.weight)
+    if site.norm is not None:
+        object.__setattr__(module, "orig_norm", finder.module(site.norm))
+    return module
 
 
 register(MethodSpec(
     name="bottleneck", config_cls=Bottleneck, kind=MethodKind.RESIDUAL, mergeable=False,
-    find_sites=_find_sites, build=_build,
+    find_sites=_find_sites, build=_build, routable=True,
     paper="Houlsby et al. 2019; Pfeiffer et al. 2021; He et al. 2022",
     sites_used="sublayer outputs (attn.out, ffn.out) or targets",
 ))

@@ -6,12 +6,15 @@ Learning" (arXiv:2205.05638).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compose.kernels import ia3_route
 from ..errors import TargetError
 from ..sites import SiteFinder, dense_weight, features_of, is_conv1d, is_linear_like
 from . import register
@@ -84,6 +87,16 @@ class IA3Module(AdapterModule):
             return h + self._scaled_input(x, base).to(h.dtype)
         return (h * self.scaling).to(h.dtype)
 
+    @classmethod
+    def route_deltas(cls, modules: Sequence[AdapterModule], rows: torch.Tensor, h: torch.Tensor,
+                     xs: Sequence[Any], base: nn.Module, cache: Any = None,
+                     strategy: str | None = None) -> torch.Tensor:
+        """Batched per-row (IA)^3 with stacked offsets (see ``compose.kernels.ia3_route``);
+        subclasses that change the delta fall back to the generic loop."""
+        if cls is not IA3Module:
+            return super().route_deltas(modules, rows, h, xs, base, cache, strategy)
+        return ia3_route(modules, rows, h, xs, base, cache, strategy)
+
     def delta_weight(self, base: nn.Module) -> torch.Tensor:
         w = dense_weight(base)  # (out, in)
         dl = self.ia3_offset.to(w.dtype)
@@ -122,7 +135,7 @@ def _build(config: IA3, site: Site, finder: SiteFinder) -> IA3Module:
 
 
 register(MethodSpec(
-    name="ia3", config_cls=IA3, kind=MethodKind.WEIGHT_DELTA, mergeable=True,
+    name="ia3", config_cls=IA3, kind=MethodKind.WEIGHT_DELTA, mergeable=True, routable=True,
     find_sites=_find_sites, build=_build, paper="Liu et al. 2022, arXiv:2205.05638",
     sites_used="Linear, Conv1D (targets; feedforward ones scale their input)",
 ))

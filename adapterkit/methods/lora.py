@@ -8,12 +8,16 @@ LoRA" (arXiv:2312.03732).
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compose.kernels import lora_route
 from ..config import check_choice, check_positive
 from ..errors import ConfigError
 from ..sites import SiteFinder, features_of, is_conv1d
@@ -29,10 +33,32 @@ def _as_targets(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def _as_rank_pattern(value: object) -> tuple[tuple[str, int], ...]:
+    """``{pattern: rank}`` or ``((pattern, rank), ...)`` as a tuple of pairs, validated."""
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        pairs = tuple((str(p), r) for p, r in items)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ConfigError(f"LoRA.rank_pattern must map patterns to ranks, got {value!r}") from None
+    for pattern, rank in pairs:
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+            raise ConfigError(f"LoRA.rank_pattern[{pattern!r}] must be a positive integer, got {rank!r}")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"LoRA.rank_pattern key {pattern!r} is not a valid pattern: {exc}") from None
+    return pairs
+
+
 @dataclass(frozen=True)
 class LoRA:
     """Config of a LoRA adapter: ``W' = W + s * B @ A``, ``s = alpha / r`` (``alpha / sqrt(r)``
-    with ``use_rslora``). ``targets`` takes layout roles or regular expressions over paths."""
+    with ``use_rslora``). ``targets`` takes layout roles or regular expressions over paths.
+
+    ``rank_pattern`` gives some sites another rank (as PEFT's ``rank_pattern``): pairs
+    ``(pattern, rank)``, the first whose pattern equals the site path, ends it after a ``.``, or
+    fully matches it as a regular expression wins; such a site's scale is ``alpha / rank``.
+    """
 
     r: int = 8
     alpha: float = 16
@@ -40,6 +66,7 @@ class LoRA:
     targets: tuple[str, ...] = ("attn.q", "attn.v")
     use_rslora: bool = False
     init: str = "default"
+    rank_pattern: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r <= 0:
@@ -49,10 +76,22 @@ class LoRA:
             raise ConfigError(f"LoRA.dropout must be in [0, 1), got {self.dropout!r}")
         check_choice("LoRA", "init", self.init, ("default", "gaussian", "zeros"))
         object.__setattr__(self, "targets", _as_targets(self.targets))
+        object.__setattr__(self, "rank_pattern", _as_rank_pattern(self.rank_pattern))
 
     @property
     def scale(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    def rank_for(self, path: str) -> int:
+        """The rank of the site at module path ``path`` (``rank_pattern``, else ``r``)."""
+        for pattern, rank in self.rank_pattern:
+            if path == pattern or path.endswith("." + pattern) or re.fullmatch(pattern, path):
+                return rank
+        return self.r
+
+    def scale_for(self, path: str) -> float:
+        r = self.rank_for(path)
+        return self.alpha / (math.sqrt(r) if self.use_rslora else r)
 
 
 class LoRAModule(AdapterModule):
@@ -107,6 +146,17 @@ class LoRAModule(AdapterModule):
     def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         return torch.add(h, self._low_rank(x, base).to(h.dtype), alpha=self.scale)
 
+    @classmethod
+    def route_deltas(cls, modules: Sequence[AdapterModule], rows: torch.Tensor, h: torch.Tensor,
+                     xs: Sequence[Any], base: nn.Module, cache: Any = None,
+                     strategy: str | None = None) -> torch.Tensor:
+        """Batched per-row LoRA: dense slots or gathered weights (see
+        ``compose.kernels.lora_route``); subclasses that change the delta (DoRA) fall back to
+        the generic loop."""
+        if cls is not LoRAModule:
+            return super().route_deltas(modules, rows, h, xs, base, cache, strategy)
+        return lora_route(modules, rows, h, xs, base, cache, strategy)
+
     def delta_weight(self, base: nn.Module) -> torch.Tensor:
         a, b = self.lora_A, self.lora_B
         if isinstance(base, nn.Conv2d):
@@ -129,11 +179,12 @@ def _find_sites(config: LoRA, finder: SiteFinder) -> list[Site]:
 
 
 def _build(config: LoRA, site: Site, finder: SiteFinder) -> LoRAModule:
-    return LoRAModule(finder.module(site.host), config.r, config.scale, config.dropout, config.init)
+    return LoRAModule(finder.module(site.host), config.rank_for(site.host),
+                      config.scale_for(site.host), config.dropout, config.init)
 
 
 register(MethodSpec(
-    name="lora", config_cls=LoRA, kind=MethodKind.WEIGHT_DELTA, mergeable=True,
+    name="lora", config_cls=LoRA, kind=MethodKind.WEIGHT_DELTA, mergeable=True, routable=True,
     find_sites=_find_sites, build=_build, paper="Hu et al. 2021, arXiv:2106.09685",
     sites_used="Linear, Conv1D, Conv2d, Embedding (targets)",
 ))

@@ -79,7 +79,8 @@ class VeRAModule(AdapterModule):
     and ``vera_B``: (out, r), views into the projections shared by the adapter's sites.
 
     For ``x``: (..., in) the delta is ``lambda_b * ((lambda_d * (x @ A.T)) @ B.T)``: (..., out);
-    the weight delta is ``diag(lambda_b) B diag(lambda_d) A``: (out, in).
+    the weight delta is ``diag(lambda_b) B diag(lambda_d) A``: (out, in). Moving the model with
+    ``.to()`` afterwards converts each view on its own: still correct, but no longer shared.
     """
 
     kind = MethodKind.WEIGHT_DELTA

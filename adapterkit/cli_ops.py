@@ -1,0 +1,106 @@
+"""``adapterkit extract | quantize | subspace``: operations on trained adapters from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .errors import AdapterError
+
+_HEADS = ("classifier", "score", "qa_outputs")
+
+
+def _load_pair(base: str, finetuned: str) -> tuple[Any, Any]:
+    """(base, fine-tuned) transformers models of the fine-tune's class (with its label count)."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    from .hf import _quiet, model_dir
+
+    _quiet()
+    ft_dir = model_dir(finetuned)
+    cfg = AutoConfig.from_pretrained(ft_dir)
+    seq_cls = any(a.endswith("ForSequenceClassification") for a in cfg.architectures or ())
+    cls = AutoModelForSequenceClassification if seq_cls else AutoModel
+    kw = {"num_labels": cfg.num_labels} if seq_cls else {}
+    torch.manual_seed(0)
+    return cls.from_pretrained(model_dir(base), **kw), cls.from_pretrained(ft_dir)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .extraction import extract_lora
+    from .kit import AdapterKit
+
+    base, ft = _load_pair(args.base, args.finetuned)
+    if args.heads == ["auto"]:
+        heads = tuple(h for h in _HEADS if hasattr(ft, h))
+    else:
+        heads = () if args.heads == ["none"] else tuple(args.heads)
+    energy = None if args.rank is not None or args.energy >= 1.0 else args.energy
+    report = extract_lora(base, ft, rank=args.rank, energy=energy, targets=tuple(args.targets),
+                          name=args.name, include_heads=heads)
+    kit = AdapterKit(base)
+    if args.task:
+        kit.record(args.name).extra["training"] = {"model": args.base, "task": args.task}
+    kit.save(args.name, args.out)
+    print(report)
+    worst = sorted(report.sites.items(), key=lambda kv: kv[1]["energy"])[:3]
+    print("lowest energy: " + ", ".join(f"{s} r={int(v['rank'])} {v['energy']:.3f}" for s, v in worst))
+    if report.top_untargeted:
+        print("largest untargeted changes (share of the total): "
+              + ", ".join(f"{n} {100 * v:.2f}%" for n, v in report.top_untargeted[:3]))
+    print(f"saved to {args.out}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantization import quantize
+
+    vector_bits = None if args.vector_bits == "none" else int(args.vector_bits)
+    try:
+        report = quantize(args.dir, args.bits, args.out, vector_bits=vector_bits, heads=args.heads)
+    except ValueError as exc:
+        raise AdapterError(str(exc)) from None
+    print(report)
+    return 0
+
+
+def cmd_subspace(args: argparse.Namespace) -> int:
+    from .subspace import principal_subspace
+
+    report = principal_subspace(args.dirs, args.k, args.out, center=not args.no_center, seed=args.seed)
+    print(json.dumps(report.summary(), indent=2))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add the subcommands to the ``adapterkit`` parser's subparsers."""
+    x = sub.add_parser("extract", help="extract a LoRA adapter from a full fine-tune (truncated SVD)")
+    x.add_argument("--base", required=True, help="'minilm' or the base transformers directory")
+    x.add_argument("--finetuned", required=True, help="the fine-tuned transformers directory")
+    x.add_argument("--energy", type=float, default=0.9,
+                   help="per-layer share of sum(sigma^2) to keep (>= 1: full rank)")
+    x.add_argument("--rank", type=int, help="fixed rank per layer (overrides --energy)")
+    x.add_argument("--targets", nargs="+", default=["all-linear"])
+    x.add_argument("--heads", nargs="+", default=["auto"],
+                   help="modules saved whole with the adapter: 'auto' (the task head), 'none', or names")
+    x.add_argument("--task", help="task recorded for 'adapterkit eval' ('sst2', 'rte' or a TSV dir)")
+    x.add_argument("--name", default="extracted")
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_extract)
+    q = sub.add_parser("quantize", help="store an adapter with 1, 2, 4 or 8-bit weights")
+    q.add_argument("dir")
+    q.add_argument("--bits", type=int, required=True, choices=(1, 2, 4, 8))
+    q.add_argument("--vector-bits", default="8", choices=("1", "2", "4", "8", "none"),
+                   help="bits of biases and other vectors ('none': full precision)")
+    q.add_argument("--heads", action="store_true", help="quantise the trained heads too")
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_quantize)
+    s = sub.add_parser("subspace", help="principal subspace of LoRA adapters, for EigenLoRA")
+    s.add_argument("dirs", nargs="+")
+    s.add_argument("--k", type=int, required=True, help="components per site")
+    s.add_argument("--out", required=True, help="the basis file to write (.safetensors)")
+    s.add_argument("--no-center", action="store_true", help="span of the raw vectors (no PCA centring)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_subspace)

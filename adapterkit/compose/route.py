@@ -1,0 +1,130 @@
+"""``Route``: each example of the batch runs its own adapter (or composition, or none).
+
+At each host the distinct entries are grouped by adapter module class; each group runs as one
+call of its class's ``route_deltas`` primitive (a batched kernel for LoRA, IA3 and bottleneck, a
+masked loop otherwise), and composite entries (a Stack, Fuse, ...) run on their rows only. Rows
+of different entries are disjoint, so the group deltas add exactly. The per-host grouping and
+the per-row indices depend only on the route and the slot's contents, so they are built once per
+host and reused by every forward of the route (every decoding step of ``generate()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import torch
+from torch import nn
+
+from .cache import plain
+from .nodes import Inputs, Node, Slot, _unit
+
+
+class _Group:
+    """The modules of one class at one host, and each row's index into them."""
+
+    __slots__ = ("local", "map", "modules")
+
+    def __init__(self, modules: list[nn.Module], positions: list[int], n_entries: int) -> None:
+        self.modules = modules
+        table = [-1] * (n_entries + 1)  # entry index + 1 -> module index (0: the base)
+        for j, i in enumerate(positions):
+            table[i + 1] = j
+        self.map = plain(lambda: torch.tensor(table))
+        self.local: dict[tuple, tuple[torch.Tensor, str]] = {}
+
+    def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """(module index per row, ``"none"``/``"whole"``/``"some"``: which rows run a module;
+        ``"whole"``: every row runs module 0)."""
+        key = (rows.shape[0], rows.device)
+        hit = self.local.get(key)
+        if hit is None:
+            def build() -> tuple[torch.Tensor, str]:
+                local = self.map.to(rows.device)[rows + 1]
+                if bool((local < 0).all()):
+                    return local, "none"
+                whole = len(self.modules) == 1 and bool((local == 0).all())
+                return local, "whole" if whole else "some"
+            hit = self.local[key] = plain(build)
+        return hit
+
+
+class _HostRoute:
+    __slots__ = ("composites", "groups", "members")
+
+    def __init__(self, groups: list[_Group], composites: list[tuple[int, Node]]) -> None:
+        self.groups = groups
+        self.composites = composites
+        self.members: dict[tuple, torch.Tensor] = {}
+
+
+class RouteNode(Node):
+    """``entries``: the distinct non-base entries (composition values), ``nodes`` the same
+    compiled (an adapter name stays a name); ``row_group``: (B,) the entry index of each
+    example, ``-1`` for ``__base__``. Per-host plans are cached in the slot's ``route_cache``
+    under ``(entries, row_group)``, so a route activated again (every batch of a server, every
+    step of a decoding loop) finds its plans, row indices and gathered weights built."""
+
+    def __init__(self, entries: Sequence[Hashable], nodes: Sequence[str | Node],
+                 row_group: Sequence[int], strategy: str | None = None) -> None:
+        self.nodes = list(nodes)
+        self.key = ("route", tuple(entries), tuple(row_group))
+        self.row_group = plain(lambda: torch.tensor(list(row_group), dtype=torch.long))
+        self.strategy = strategy
+        self._rows: dict[tuple, torch.Tensor] = {}
+
+    def _expanded(self, n: int, device: torch.device) -> torch.Tensor:
+        """The entry index of each of ``n`` rows (``k = n / B`` consecutive rows per example)."""
+        key = (n, device)
+        rows = self._rows.get(key)
+        if rows is None:
+            k = _unit(n, self.row_group.shape[0], "Route")
+            rows = self._rows[key] = plain(
+                lambda: self.row_group.to(device).repeat_interleave(k))
+        return rows
+
+    def _host(self, slot: Slot) -> _HostRoute:
+        return slot.route_cache.keyed(self.key, lambda: self._build_host(slot))
+
+    def _build_host(self, slot: Slot) -> _HostRoute:
+        by_class: dict[type, tuple[list[nn.Module], list[int]]] = {}
+        composites: list[tuple[int, Node]] = []
+        for i, entry in enumerate(self.nodes):
+            if isinstance(entry, Node):
+                composites.append((i, entry))
+                continue
+            mod = slot._modules.get(entry)
+            if mod is not None:
+                mods, pos = by_class.setdefault(type(mod), ([], []))
+                mods.append(mod)
+                pos.append(i)
+        groups = [_Group(m, p, len(self.nodes)) for m, p in by_class.values()]
+        return _HostRoute(groups, composites)
+
+    def run(self, h: torch.Tensor, inp: Inputs, slot: Slot, host: nn.Module) -> torch.Tensor:
+        plan = self._host(slot)
+        rows = self._expanded(h.shape[0], h.device)
+        out = h
+        for group in plan.groups:
+            local, which = group.rows(rows)
+            mods = group.modules
+            if which == "whole":  # every row runs one adapter: run it as activate does
+                return mods[0].apply(h, inp.of(mods[0]), host)  # type: ignore[operator]
+            if which == "some":
+                xs = [inp.of(m) for m in mods]  # type: ignore[arg-type]
+                out = out + type(mods[0]).route_deltas(  # type: ignore[attr-defined]
+                    mods, local, h, xs, host, cache=slot.route_cache, strategy=self.strategy)
+        for i, node in plan.composites:
+            idx = self._members(plan, i, rows)
+            if idx.numel():
+                sub = node.run(h.index_select(0, idx), inp.rows(idx), slot, host)
+                out = out.index_copy(0, idx, sub)
+        return out
+
+    @staticmethod
+    def _members(plan: _HostRoute, i: int, rows: torch.Tensor) -> torch.Tensor:
+        key = (i, rows.shape[0], rows.device)
+        idx = plan.members.get(key)
+        if idx is None:
+            idx = plan.members[key] = plain(lambda: (rows == i).nonzero().squeeze(1))
+        return idx
+

@@ -1,0 +1,164 @@
+"""EigenLoRA: LoRA whose factors live in a principal subspace recycled from other adapters.
+
+Kaushik et al. 2025, "EigenLoRAx: Recycling Adapters to Find Principal Subspaces for
+Resource-Efficient Adaptation and Inference" (arXiv:2502.04700). For each site, the rows of the
+``A`` matrices and the columns of the ``B`` matrices of several trained LoRA adapters are stacked
+and their top-``K`` principal components computed (``adapterkit.principal_subspace``), giving
+orthonormal bases ``V_A``: (in, K) and ``V_B``: (out, K). A new adapter learns only the
+coefficients (the paper's "loadings") ``C_A``, ``C_B``: (K, r) of its factors on those bases::
+
+    A = (V_A C_A)^T   (r, in)        B = V_B C_B   (out, r)
+    delta W = s * B A = s * V_B C_B C_A^T V_A^T,   s = alpha / r
+
+so a site trains ``2 K r`` numbers instead of LoRA's ``r (in + out)``, and the adapter merges
+like a LoRA. ``C_B`` starts at zero (the adapter starts as the identity) and ``C_A`` uniform in
+``+-1/sqrt(K)`` (rows of ``A`` of about LoRA's initial norm). The bases are frozen buffers read
+from the ``basis`` safetensors file when the adapter is built and are not saved with it, so the
+file must be at that path when the adapter is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import check_positive
+from ..errors import ConfigError, TargetError
+from ..sites import SiteFinder, features_of, is_conv1d, is_linear_like
+from . import register
+from .base import AdapterModule, MethodKind, MethodSpec, Site
+from .lora import _as_targets
+
+
+@dataclass(frozen=True)
+class EigenLoRA:
+    """Config of an EigenLoRA adapter on the principal subspace stored at ``basis``.
+
+    ``k``: how many leading components of the basis to use (None: all it holds); ``r``: the rank
+    of the factors; ``alpha``: scale numerator (``s = alpha / r``); ``targets``: roles or patterns
+    (None: every site the basis has).
+    """
+
+    basis: str
+    k: int | None = None
+    r: int = 8
+    alpha: float = 8
+    targets: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.basis, str) or not self.basis:
+            raise ConfigError(f"EigenLoRA.basis must be the path of a basis file, got {self.basis!r}")
+        if not isinstance(self.r, int) or self.r <= 0:
+            raise ConfigError(f"EigenLoRA.r must be a positive integer, got {self.r!r}")
+        if self.k is not None and (not isinstance(self.k, int) or self.k <= 0):
+            raise ConfigError(f"EigenLoRA.k must be a positive integer or None, got {self.k!r}")
+        check_positive("EigenLoRA", "alpha", self.alpha)
+        if self.targets is not None:
+            object.__setattr__(self, "targets", _as_targets(self.targets))
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+
+def read_basis(path: str, finder: SiteFinder | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a basis file (``<site>.A``: (in, K), ``<site>.B``: (out, K)), cached per plan."""
+    key = ("eigenlora.basis", path)
+    if finder is not None and key in finder.memo:
+        return finder.memo[key]  # type: ignore[return-value]
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise ConfigError(f"EigenLoRA basis file {path!r} not found (make one with "
+                          "adapterkit.principal_subspace)")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"EigenLoRA basis file {path!r} is unreadable: {exc}") from None
+    if finder is not None:
+        finder.memo[key] = tensors
+    return tensors
+
+
+def basis_sites(tensors: dict[str, torch.Tensor]) -> list[str]:
+    return [k[:-2] for k in tensors if k.endswith(".A") and k[:-2] + ".B" in tensors]
+
+
+class EigenLoRAModule(AdapterModule):
+    """Frozen buffers ``basis_A``: (in, K), ``basis_B``: (out, K) (not saved); trainable
+    ``coef_A``, ``coef_B``: (K, r). For ``x``: (..., in) the delta is
+    ``s * ((x @ V_A C_A) @ (V_B C_B)^T)``: (..., out)."""
+
+    kind = MethodKind.WEIGHT_DELTA
+
+    def __init__(self, base: nn.Module, basis_a: torch.Tensor, basis_b: torch.Tensor, r: int,
+                 scale: float) -> None:
+        super().__init__()
+        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.register_buffer("basis_A", basis_a.to(**kw).contiguous(), persistent=False)
+        self.register_buffer("basis_B", basis_b.to(**kw).contiguous(), persistent=False)
+        k = basis_a.shape[1]
+        self.coef_A = nn.Parameter(torch.empty(k, r, **kw).uniform_(-k ** -0.5, k ** -0.5))
+        self.coef_B = nn.Parameter(torch.zeros(k, r, **kw))
+        self.scale = scale
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` as a LoRA's: A (r, in), B (out, r)."""
+        return (self.basis_A @ self.coef_A).t(), self.basis_B @ self.coef_B
+
+    def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        a, b = self.factors()
+        return (F.linear(F.linear(x.to(a.dtype), a), b) * self.scale).to(h.dtype)
+
+    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        return h + self.delta(h, x, base)
+
+    def delta_weight(self, base: nn.Module) -> torch.Tensor:
+        a, b = self.factors()
+        dw = (b @ a) * self.scale  # (out, in)
+        return dw.t() if is_conv1d(base) else dw
+
+
+def _find_sites(config: EigenLoRA, finder: SiteFinder) -> list[Site]:
+    available = basis_sites(read_basis(config.basis, finder))
+    if config.targets is None:
+        absent = [s for s in available if s not in finder.modules]
+        if absent:
+            raise TargetError(f"the EigenLoRA basis {config.basis!r} has sites this model lacks: "
+                              f"{absent[:5]} (it was built for another model)")
+        paths = [p for p in finder.modules if p in set(available)]
+    else:
+        paths = finder.paths(config.targets)
+        outside = [p for p in paths if p not in set(available)]
+        if outside:
+            raise TargetError(f"targets {outside[:5]} have no components in the basis "
+                              f"{config.basis!r}; its sites: {available[:8]}")
+    finder.check_types(paths, is_linear_like, "Linear and Conv1D", "EigenLoRA")
+    return [Site(host=p) for p in paths]
+
+
+def _build(config: EigenLoRA, site: Site, finder: SiteFinder) -> EigenLoRAModule:
+    base = finder.module(site.host)
+    tensors = read_basis(config.basis, finder)
+    a, b = tensors[f"{site.host}.A"], tensors[f"{site.host}.B"]
+    n_in, n_out = features_of(base)
+    if a.shape[0] != n_in or b.shape[0] != n_out:
+        raise ConfigError(f"{site.host}: basis A {tuple(a.shape)} / B {tuple(b.shape)} do not fit "
+                          f"in={n_in}, out={n_out}")
+    k = config.k if config.k is not None else min(a.shape[1], b.shape[1])
+    if k > min(a.shape[1], b.shape[1]):
+        raise ConfigError(f"EigenLoRA.k={k} but the basis holds {min(a.shape[1], b.shape[1])} "
+                          f"components at {site.host}")
+    return EigenLoRAModule(base, a[:, :k], b[:, :k], config.r, config.scale)
+
+
+register(MethodSpec(
+    name="eigenlora", config_cls=EigenLoRA, kind=MethodKind.WEIGHT_DELTA, mergeable=True,
+    find_sites=_find_sites, build=_build, paper="Kaushik et al. 2025, arXiv:2502.04700",
+    sites_used="Linear, Conv1D (sites of the basis, or targets)",
+))

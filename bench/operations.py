@@ -1,0 +1,206 @@
+"""Quality of the operations on trained adapters, on MiniLM (all-MiniLM-L6-v2) with SST-2 / RTE.
+
+(a) a LoRA and a bottleneck adapter stored at 32/8/4/2/1 bits (post-training quantisation, and
+1-bit quantisation-aware training continuing the fp32 adapter): dev accuracy and file sizes;
+(b) a short full fine-tune of MiniLM on SST-2 extracted as LoRA at several energies;
+(c) linear (MerA) and TIES merges of an SST-2 and an RTE LoRA: each task before and after;
+(d) an EigenLoRA adapter on RTE on a principal subspace of other (SST-2) LoRA adapters.
+
+Step counts come from OPS_* environment variables (see ops_helpers.Settings); trained adapters
+and evaluations are cached under runs/operations/ (OPS_RUNS). Writes docs/operations.md (OPS_DOC)
+and bench/results/operations.json (OPS_RESULTS names another file there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import pin_threads, write
+from ops_doc import render
+from ops_helpers import Bench, Settings, dir_bytes, file_bytes, head_of, set_head
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+import adapterkit as ak
+from adapterkit.io.native import WEIGHTS_FILE, read_safetensors
+from adapterkit.quantization import enable_qat
+from adapterkit.train import _batches, _schedule, encode
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = {"lora": lambda: ak.LoRA(r=8, alpha=16), "bottleneck": lambda: ak.Bottleneck(reduction=16)}
+ENERGIES = (0.5, 0.8, 0.9, 0.99)
+FT_TARGETS = ("all-linear", "pooler.dense")
+
+
+def _adder(name: str, config: Any):
+    def setup(kit: ak.AdapterKit) -> str:
+        kit.add(name, config)
+        return name
+    return setup
+
+
+def _qat_from(directory: Path, bits: int):
+    def setup(kit: ak.AdapterKit) -> str:
+        name = kit.load(directory)
+        enable_qat(kit, name, bits)
+        return name
+    return setup
+
+
+def adapter_params(directory: Path) -> int:
+    tensors = read_safetensors(directory / WEIGHTS_FILE)
+    return sum(t.numel() for k, t in tensors.items() if not k.startswith("head::"))
+
+
+def part_quantization(b: Bench) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for method, make in METHODS.items():
+        fp32 = b.train(f"sst2_{method}_s{b.s.steps}", "sst2", b.s.steps, b.s.lr,
+                       _adder("sst2", make()))
+        rows = [{"bits": 32, "ptq": b.evaluate(fp32, "sst2"), "bytes": file_bytes(fp32),
+                 "dir_bytes": dir_bytes(fp32)}]
+        for bits in (8, 4, 2, 1):
+            q = b.runs / f"{fp32.name}_q{bits}"
+            if not q.is_dir():
+                ak.quantize(fp32, bits, q)
+            rows.append({"bits": bits, "ptq": b.evaluate(q, "sst2"), "bytes": file_bytes(q),
+                         "dir_bytes": dir_bytes(q)})
+        qat = b.train(f"{fp32.name}_qat1_s{b.s.qat_steps}", "sst2", b.s.qat_steps, b.s.lr / 2,
+                      _qat_from(fp32, 1))
+        qat_q = b.runs / f"{qat.name}_q1"
+        if not qat_q.is_dir():
+            ak.quantize(qat, 1, qat_q)
+        rows[-1].update(qat=b.evaluate(qat_q, "sst2"), qat_bytes=file_bytes(qat_q))
+        out[method] = {"rows": rows, "params": adapter_params(fp32), "dir": str(fp32),
+                       "qat_dir": str(qat_q)}
+    return out
+
+
+def _full_finetune(b: Bench, out: Path) -> float:
+    """AdamW on every parameter of MiniLM + a new head, the adapters' schedule; returns seconds."""
+    model, tok = b.model(seed=b.s.seed)
+    torch.manual_seed(b.s.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=b.s.ft_lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, b.s.ft_steps, 0.06))
+    model.train()
+    print(f"training {out.name}: {b.s.ft_steps} steps", flush=True)
+    start = time.perf_counter()
+    data = b.data("sst2", "train")
+    for _, batch in zip(range(b.s.ft_steps), _batches(data, b.s.batch, b.s.seed)):
+        loss = model(**encode(tok, batch, 64), labels=torch.tensor([e.label for e in batch])).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    seconds = time.perf_counter() - start
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "bench.json").write_text(json.dumps({"train_seconds": seconds}))
+    return seconds
+
+
+def _extract(b: Bench, ft_dir: Path, out: Path, **kw: Any) -> dict[str, Any]:
+    if not (out / "bench.json").is_file():
+        base, _ = b.model(seed=0)
+        ft = AutoModelForSequenceClassification.from_pretrained(ft_dir)
+        report = ak.extract_lora(base, ft, name="extracted", **kw)
+        ak.AdapterKit(base).save("extracted", out)
+        (out / "bench.json").write_text(json.dumps(report.summary()))
+    return json.loads((out / "bench.json").read_text())
+
+
+def part_extraction(b: Bench) -> dict[str, Any]:
+    ft_dir = b.runs / f"sst2_full_s{b.s.ft_steps}"
+    if not (ft_dir / "bench.json").is_file():
+        _full_finetune(b, ft_dir)
+    ft_model = AutoModelForSequenceClassification.from_pretrained(ft_dir)
+    full_accuracy = b.cached(f"{ft_dir}|full|{b.s.eval_limit}", f"{ft_dir.name} on sst2",
+                             lambda: b.accuracy(ft_model, AutoTokenizer.from_pretrained(ft_dir), "sst2"))
+    rows = []
+    for energy in ENERGIES:
+        d = b.runs / f"{ft_dir.name}_e{energy}"
+        summary = _extract(b, ft_dir, d, energy=energy, targets=FT_TARGETS,
+                           include_heads=("classifier",))
+        rows.append({"energy": energy, "accuracy": b.evaluate(d, "sst2"), "bytes": file_bytes(d),
+                     **{k: summary[k] for k in ("adapter_params", "full_delta_params", "min_energy",
+                                                "rank_min", "rank_max", "share_kept",
+                                                "share_untargeted", "top_untargeted")}})
+    qv8 = _extract(b, ft_dir, b.runs / f"{ft_dir.name}_qv_r8", rank=8, targets=("attn.q", "attn.v"))
+    return {"full_accuracy": full_accuracy, "rows": rows,
+            "full_params": sum(p.numel() for p in ft_model.parameters()),
+        "qv_r8_dir": str(b.runs / f"{ft_dir.name}_qv_r8"), "qv_r8": qv8,
+        "train_seconds": json.loads((ft_dir / "bench.json").read_text())["train_seconds"]}
+
+
+def part_merge(b: Bench, sst2_lora: Path) -> dict[str, Any]:
+    rte = b.train(f"rte_lora_s{b.s.rte_steps}", "rte", b.s.rte_steps, b.s.lr,
+                  _adder("rte", METHODS["lora"]()))
+    own = {"sst2": b.evaluate(sst2_lora, "sst2"), "rte": b.evaluate(rte, "rte")}
+    model, tok = b.model()
+    kit = ak.AdapterKit(model)
+    kit.load(sst2_lora, name="sst2")
+    kit.load(rte, name="rte")
+    heads = {"sst2": head_of(sst2_lora), "rte": head_of(rte)}
+    reports = {"linear": kit.combine("linear", {"sst2": 0.5, "rte": 0.5}, how="linear"),
+               "ties": kit.combine("ties", {"sst2": 1.0, "rte": 1.0}, how="ties", density=0.2)}
+    rows = {"own adapter": own}
+    for merged in reports:
+        rows[merged] = {}
+        for task in ("sst2", "rte"):
+            set_head(model, heads[task])
+            kit.activate(merged)
+            rows[merged][task] = b.accuracy(model, tok, task)
+            print(f"  {merged} on {task}: {rows[merged][task]:.4f}", flush=True)
+    return {"rows": rows, "rte_dir": str(rte),
+            "reports": {k: {"exact": r.exact, "ranks": sorted(set(r.ranks.values())), "note": r.note}
+                        for k, r in reports.items()}}
+
+
+def part_eigenlora(b: Bench, sources: list[Path], rte_lora: Path) -> dict[str, Any]:
+    basis = b.runs / "basis_k16.safetensors"
+    sub = ak.principal_subspace(sources, 16, basis)
+    config = ak.EigenLoRA(basis=str(basis), k=16, r=8, alpha=16)
+    eig = b.train(f"rte_eigenlora_k16_s{b.s.rte_steps}", "rte", b.s.rte_steps, b.s.eigen_lr,
+                  _adder("rte_eigen", config))
+    dev = b.data("rte", "dev")
+    majority = max(sum(e.label == c for e in dev) for c in (0, 1)) / len(dev)
+    return {"eigenlora": {"accuracy": b.evaluate(eig, "rte"), "params": adapter_params(eig),
+                          "bytes": file_bytes(eig)},
+            "lora": {"accuracy": b.evaluate(rte_lora, "rte"), "params": adapter_params(rte_lora),
+                     "bytes": file_bytes(rte_lora)},
+            "majority": majority, "basis": sub.summary(), "basis_bytes": basis.stat().st_size,
+            "sources": [str(s) for s in sources]}
+
+
+def main() -> int:
+    threads = pin_threads()
+    s = Settings()
+    b = Bench(s)
+    start = time.perf_counter()
+    print(f"settings {s.as_dict()}, {threads} threads", flush=True)
+    results: dict[str, Any] = {"settings": s.as_dict()}
+    results["quantization"] = part_quantization(b)
+    results["extraction"] = part_extraction(b)
+    sst2_lora = Path(results["quantization"]["lora"]["dir"])
+    results["merge"] = part_merge(b, sst2_lora)
+    sources = [sst2_lora, Path(results["quantization"]["lora"]["qat_dir"]),
+               Path(results["extraction"]["qv_r8_dir"])]
+    results["eigenlora"] = part_eigenlora(b, sources, Path(results["merge"]["rte_dir"]))
+    results["train_seconds"] = b.train_seconds
+    results["wall_seconds"] = time.perf_counter() - start
+    doc = Path(os.environ.get("OPS_DOC", ROOT / "docs" / "operations.md"))
+    doc.write_text(render(results))
+    json_path = write(os.environ.get("OPS_RESULTS", "operations"), results)
+    print(f"done in {results['wall_seconds']:.0f}s: {doc}, {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
