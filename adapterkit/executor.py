@@ -18,7 +18,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .compose.cache import StackCache
 from .compose.nodes import Inputs, Node
-from .compose.parallel import make_parallel_pre_hook
+from .compose.parallel import ParallelPreHook
 from .methods.base import AdapterModule, Tap
 
 SLOT = "adapterkit"
@@ -52,25 +52,37 @@ class AdapterSlot(nn.ModuleDict):
         self.route_cache.clear()
 
 
-def make_hook(slot: AdapterSlot, state: KitState) -> Callable[..., Any]:
-    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        root = state.root
+class SlotHook:
+    """The forward hook of one host. An object rather than a closure, so that
+    ``copy.deepcopy(model)`` gives the copy hooks bound to the copy's slot and state."""
+
+    __slots__ = ("slot", "state")
+
+    def __init__(self, slot: AdapterSlot, state: KitState) -> None:
+        self.slot, self.state = slot, state
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        root = self.state.root
         if root is None:
             return None
+        slot = self.slot
         x = args[0] if args else next(iter(kwargs.values()), None)
         inp = Inputs(x, {t: t.value for t in slot.taps} if slot.taps else None)
         if isinstance(output, tuple):
             return (root.run(output[0], inp, slot, module), *output[1:])
         return root.run(output, inp, slot, module)
 
-    return hook
 
+class TapHook:
+    """The forward pre-hook writing a module's input to its :class:`Tap`."""
 
-def make_tap_hook(tap: Tap) -> Callable[..., None]:
-    def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        tap.value = args[0] if args else next(iter(kwargs.values()), None)
+    __slots__ = ("tap",)
 
-    return pre_hook
+    def __init__(self, tap: Tap) -> None:
+        self.tap = tap
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.tap.value = args[0] if args else next(iter(kwargs.values()), None)
 
 
 class Executor:
@@ -90,7 +102,7 @@ class Executor:
         state.replicas = plan.replicas
         if plan.replicas > 1 and self._parallel is None:
             self._parallel = self.model.register_forward_pre_hook(
-                make_parallel_pre_hook(state), with_kwargs=True)
+                ParallelPreHook(state), with_kwargs=True)
         elif plan.replicas == 1 and self._parallel is not None:
             self._parallel.remove()
             self._parallel = None
@@ -103,7 +115,7 @@ class Executor:
             slot = AdapterSlot()
             host.add_module(SLOT, slot)
             self._hooks[host_path] = host.register_forward_hook(
-                make_hook(slot, self.state), with_kwargs=True)
+                SlotHook(slot, self.state), with_kwargs=True)
         module.train(host.training)  # a new module follows its host's train/eval mode
         slot[name] = module
         if input_path is not None:
@@ -130,7 +142,7 @@ class Executor:
             return tap
         tap = Tap()
         handle = self.model.get_submodule(path).register_forward_pre_hook(
-            make_tap_hook(tap), with_kwargs=True)
+            TapHook(tap), with_kwargs=True)
         self._taps[path] = (tap, handle, 1)
         return tap
 

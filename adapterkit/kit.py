@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -66,6 +67,14 @@ class AdapterKit(Compositions):
 
     def __init__(self, model: nn.Module, layout: str | Layout | None = None) -> None:
         """State is set up once, in ``__new__``."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AdapterKit:
+        """Copied with its model (``copy.deepcopy(model)``): the copy serves the copied model."""
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
 
     # -- bookkeeping -------------------------------------------------------------------------
     @property

@@ -212,3 +212,27 @@ def test_head_hosting_another_adapter_saves_only_its_own_tensors(tmp_path) -> No
     kit2 = ak.AdapterKit(build("bert"))
     assert kit2.load(tmp_path / "a") == "a"
     assert kit2.names == ["a"]
+
+
+def test_deepcopy_of_a_model_with_adapters_is_independent() -> None:
+    import copy
+
+    model = build("bert")
+    x = inputs_for("bert")
+    base = run(model, "bert", x)
+    kit = ak.AdapterKit(model)
+    kit.add("a", ak.Bottleneck(reduction=4, mode="parallel"))
+    kit.add("b", ak.LoRA())
+    perturb(kit, "a")
+    perturb(kit, "b", seed=3)
+    kit.activate(["b", "a"])
+    want = run(model, "bert", x)
+    twin = copy.deepcopy(model)
+    kit2 = ak.AdapterKit(twin)
+    assert kit2 is not kit and kit2.model is twin and kit2.names == ["a", "b"]
+    assert torch.equal(run(twin, "bert", x), want)
+    kit2.remove("a")
+    kit2.remove("b")
+    assert torch.equal(run(twin, "bert", x), base)
+    assert set(twin.state_dict()) == {k for k in model.state_dict() if ".adapterkit." not in k}
+    assert torch.equal(run(model, "bert", x), want) and kit.names == ["a", "b"]

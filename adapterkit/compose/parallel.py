@@ -20,10 +20,18 @@ def batch_size(args: tuple, kwargs: dict) -> int | None:
     return None
 
 
-def make_parallel_pre_hook(state: Any) -> Callable[..., Any]:
+class ParallelPreHook:
     """A forward pre-hook (with kwargs) repeating every tensor whose dim 0 is the batch size
-    ``B``, ``attention_mask`` and labels included, ``state.replicas`` times along dim 0."""
-    def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+    ``B``, ``attention_mask`` and labels included, ``state.replicas`` times along dim 0. An
+    object rather than a closure, so that a deep copy of the model binds to the copy's state."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        state = self.state
         n = state.replicas
         if n <= 1:
             return None
@@ -41,8 +49,6 @@ def make_parallel_pre_hook(state: Any) -> Callable[..., Any]:
                 return v.repeat(n, *([1] * (v.dim() - 1)))
             return v
         return tuple(rep(a) for a in args), {k: rep(v) for k, v in kwargs.items()}
-
-    return pre_hook
 
 
 def split_parallel(output: Any, n: int, b: int) -> list[Any]:

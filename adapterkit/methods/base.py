@@ -55,6 +55,12 @@ class Tap:
     def __init__(self) -> None:
         self.value: torch.Tensor | None = None
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Tap:
+        """A copy starts empty: the held input belongs to the last forward of the original."""
+        new = Tap()
+        memo[id(self)] = new
+        return new
+
 
 class AdapterModule(nn.Module):
     """Base of every adapter module; adapter parameters are found by this type."""
