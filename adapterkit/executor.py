@@ -10,7 +10,6 @@ to a :class:`Tap`; the hook hands each adapter its input (tapped or the host's) 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn

@@ -4,7 +4,6 @@ replica-major (rows ``[i*B, (i+1)*B)`` belong to child i); :func:`split_parallel
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
