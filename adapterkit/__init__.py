@@ -39,6 +39,8 @@ from .methods.eigenlora import EigenLoRA
 from .methods.fusion import Fusion
 from .methods.ia3 import IA3
 from .methods.lora import LoRA
+from .methods.prefix import PrefixTuning
+from .methods.prompt import PromptTuning
 from .methods.vera import VeRA
 from .operations import CombineError, CombineReport
 from .quantization import QuantizeReport, quantize
@@ -48,7 +50,7 @@ __all__ = [
     "IA3", "LAYOUTS", "ROLES", "AdapterError", "AdapterKit", "AdapterNameError", "Average",
     "BatchSplit", "Bottleneck", "CombineError", "CombineReport", "CompositionError", "ConfigError",
     "DoRA", "EigenLoRA", "ExtractionReport", "Fuse", "Fusion", "Layout", "LoRA", "LoadError",
-    "NotMergeableError", "Parallel", "QuantizeReport", "Route", "Split", "Stack", "SubspaceReport",
-    "TargetError", "VeRA", "__version__", "extract_lora", "methods", "principal_subspace",
-    "quantize",
+    "NotMergeableError", "Parallel", "PrefixTuning", "PromptTuning", "QuantizeReport", "Route",
+    "Split", "Stack", "SubspaceReport", "TargetError", "VeRA", "__version__", "extract_lora",
+    "methods", "principal_subspace", "quantize",
 ]

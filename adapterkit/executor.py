@@ -19,6 +19,7 @@ from .compose.cache import StackCache
 from .compose.nodes import Inputs, Node
 from .compose.parallel import ParallelPreHook
 from .methods.base import AdapterModule, Tap
+from .methods.inputs import InputPreHook
 
 SLOT = "adapterkit"
 
@@ -93,6 +94,7 @@ class Executor:
         self._hooks: dict[str, RemovableHandle] = {}
         self._taps: dict[str, tuple[Tap, RemovableHandle, int]] = {}
         self._parallel: RemovableHandle | None = None
+        self._inputs: RemovableHandle | None = None  # the pre-hook of prompt/prefix adapters
 
     def set_plan(self, plan: Any) -> None:
         """Run ``plan`` (a ``compose.compile.Plan``) from the next forward on."""
@@ -105,6 +107,12 @@ class Executor:
         elif plan.replicas == 1 and self._parallel is not None:
             self._parallel.remove()
             self._parallel = None
+        if plan.inputs and self._inputs is None:
+            self._inputs = self.model.register_forward_pre_hook(
+                InputPreHook(state), with_kwargs=True)
+        elif not plan.inputs and self._inputs is not None:
+            self._inputs.remove()
+            self._inputs = None
 
     def attach(self, name: str, host_path: str, module: AdapterModule,
                input_path: str | None) -> None:

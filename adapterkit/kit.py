@@ -15,7 +15,7 @@ from torch import nn
 from .compose.api import Compositions
 from .compose.compile import compile_plan
 from .composition import Block, CompositionError, as_composition
-from .errors import AdapterNameError, NotMergeableError, closest
+from .errors import AdapterNameError, ConfigError, NotMergeableError, closest
 from .executor import Executor
 from .layouts import Layout, get_layout, layout_for
 from .methods import AdapterModule, MethodKind, MethodSpec, Site, spec_of
@@ -234,6 +234,19 @@ class AdapterKit(Compositions):
         for record in reversed(records):
             if record.merged:
                 self._unmerge_record(record)
+
+    def fold(self, name: str) -> None:
+        """Fold adapter ``name``'s training-time reparameterisation into the tensors it computes
+        (prefix tuning's MLP into the prefixes): the outputs stay the same, and saving then
+        writes only those tensors, with a config that no longer asks for the reparameterisation."""
+        record = self.record(name)
+        folded = getattr(record.config, "folded", None)
+        if folded is None:
+            raise ConfigError(f"adapter {name!r} ({record.spec.name}) has no reparameterisation "
+                              "to fold")
+        for module in record.modules.values():
+            module.fold()  # type: ignore[operator]
+        record.config = folded()
 
     def combine(self, name: str, weights: dict[str, float], how: str = "cat",
                 **options: Any) -> Any:

@@ -19,6 +19,12 @@ class MethodCase:
     identity_at_init: bool = True
     merge_tol: float = 1e-5  # fp32: merged and merge->unmerge vs unmerged outputs
     train_ratio: float = 0.5  # final / first loss after 30 steps on the reachable toy task
+    families: tuple[str, ...] | None = None  # the tiny models the method supports; None: all
+    prepends: int = 0  # positions a prompt puts in front of every sequence output
+
+
+#: the families prompt and prefix tuning support (text models taking inputs_embeds and a Cache)
+TEXT = ("bert", "roberta", "xlm-roberta", "gpt2", "llama", "mistral", "qwen2", "qwen3")
 
 
 def _lora(**kw: Any) -> Callable[[str], Any]:
@@ -66,4 +72,16 @@ METHOD_CASES: tuple[MethodCase, ...] = (
         r=4, d_initial=0.5, projection_prng_key=3, save_projection=False,
         targets=MODELS[f].lora_targets or ("all-linear",))),
     MethodCase("eigenlora-qv", lambda f: ak.EigenLoRA(basis=basis_for(f), k=4, r=2, alpha=4)),
+    # the prompt and prefix start random (N(0, 1), as in PEFT): not the identity, and about 1 per
+    # number away from the toy target (drawn at std 0.1), which Adam at lr 1e-2 covers only in
+    # part in 30 steps
+    MethodCase("prompt", lambda f: ak.PromptTuning(num_tokens=3), identity_at_init=False,
+               families=TEXT, prepends=3, train_ratio=0.9),
+    MethodCase("prompt-vocab", lambda f: ak.PromptTuning(num_tokens=2, init="vocab"),
+               identity_at_init=False, families=TEXT, prepends=2, train_ratio=0.9),
+    MethodCase("prefix", lambda f: ak.PrefixTuning(num_tokens=3), identity_at_init=False,
+               families=TEXT, train_ratio=0.9),
+    MethodCase("prefix-reparam", lambda f: ak.PrefixTuning(num_tokens=3, reparameterize=True,
+                                                           hidden=8),
+               identity_at_init=False, families=TEXT),
 )

@@ -20,7 +20,7 @@ from ..composition import (
     Stack,
     walk,
 )
-from ..methods.base import MethodKind
+from ..methods.base import AdapterModule, MethodKind
 from .kernels import STRATEGIES
 from .nodes import AverageNode, BatchSplitNode, FuseNode, Identity, Leaf, Node, SplitNode, StackNode
 from .route import RouteNode
@@ -38,6 +38,9 @@ class Plan:
     root: Node | None
     names: tuple[str, ...]
     replicas: int = 1
+    #: the active input-level adapter modules (prompt, prefix), run by the executor's top-level
+    #: pre-hook rather than at hosts
+    inputs: tuple[AdapterModule, ...] = ()
 
     @property
     def flat(self) -> bool:
@@ -84,6 +87,24 @@ def _check_routable(kit: AdapterKit, route: Route) -> None:
             "MethodSpec; see adapterkit.methods())")
 
 
+INPUT_KINDS = (MethodKind.PROMPT, MethodKind.PREFIX)
+
+
+def _input_modules(kit: AdapterKit, plan: Plan) -> tuple[AdapterModule, ...]:
+    """The modules of the input-level adapters in ``plan``: they change the model's inputs, so
+    they may only be a plain name or in a Stack of names, one at a time."""
+    found = [n for n in plan.names if kit.record(n).spec.kind in INPUT_KINDS]
+    if not found:
+        return ()
+    if not plan.flat:
+        raise CompositionError(
+            f"{found} are prompt/prefix adapters: they change the model's inputs for every row, "
+            "so they run only as a plain name or in a Stack of names")
+    if len(found) > 1:
+        raise CompositionError(f"only one prompt/prefix adapter can be active at a time, got {found}")
+    return tuple(kit.record(found[0]).modules.values())
+
+
 def compile_plan(kit: AdapterKit, comp: Composition | None, strategy: str | None = None) -> Plan:
     """Check ``comp`` against the kit's adapters and compile it; raises CompositionError."""
     if strategy is not None and strategy not in STRATEGIES:
@@ -98,18 +119,22 @@ def compile_plan(kit: AdapterKit, comp: Composition | None, strategy: str | None
     replicas = len(comp.children) if isinstance(comp, Parallel) else 1
     plan = Plan(comp, None, names, replicas)
     _check_unmerged(kit, plan)
+    inputs = _input_modules(kit, plan)
     root = _build(kit, comp, strategy)
-    return Plan(comp, None if isinstance(root, Identity) else root, names, replicas)
+    return Plan(comp, None if isinstance(root, Identity) else root, names, replicas, inputs)
 
 
 def _build(kit: AdapterKit, comp: Composition, strategy: str | None) -> Node:
-    if isinstance(comp, str):
-        return Leaf(comp)
+    if isinstance(comp, str):  # input-level adapters run in the top-level pre-hook
+        return Identity() if kit.record(comp).spec.kind in INPUT_KINDS else Leaf(comp)
     kids = [_build(kit, c, strategy) for c in comp.children] if not isinstance(comp, Route) else []
     if isinstance(comp, Stack):
-        first = [k for c, k in zip(comp.children, kids) if isinstance(c, str)
+        pairs = [(c, k) for c, k in zip(comp.children, kids) if not isinstance(k, Identity)]
+        if not pairs:
+            return Identity()
+        first = [k for c, k in pairs if isinstance(c, str)
                  and kit.record(c).spec.kind is MethodKind.WEIGHT_DELTA]
-        ordered = first + [k for k in kids if k not in first]
+        ordered = first + [k for _, k in pairs if k not in first]
         return ordered[0] if len(ordered) == 1 else StackNode(ordered)
     if isinstance(comp, Average):
         return AverageNode(kids, comp.weights)

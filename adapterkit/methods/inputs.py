@@ -1,0 +1,130 @@
+"""Input-level adapters (prompt and prefix tuning): shared machinery.
+
+These methods do not change a host module's output. While one is active, a forward pre-hook on the
+top-level model (:class:`InputPreHook`, installed by the executor) rewrites the model's keyword
+arguments the way PEFT's ``PeftModel.forward`` / ``prepare_inputs_for_generation`` do: the prompt
+is prepended to ``inputs_embeds``, or the prefixes are put in front of the ``past_key_values``
+cache, and ``attention_mask`` (and the other per-position arguments) grow by ``num_tokens``.
+Their parameters still live in an adapter slot (hosted at the input embedding module), so they
+are found, trained, saved and loaded like every other adapter's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AdapterError, TargetError
+from ..sites import SiteFinder, model_type_of
+from .base import AdapterModule, Site
+
+#: layout families whose models take ``inputs_embeds`` and a ``past_key_values`` Cache the way
+#: the input-level methods use them (llama covers mistral, qwen2 and qwen3)
+FAMILIES = ("bert", "roberta", "xlm-roberta", "gpt2", "llama")
+_SIGNATURES: dict[type, tuple[str, ...]] = {}
+
+
+class InputAdapterModule(AdapterModule):
+    """An adapter that rewrites the top-level forward's inputs (``prepare``) instead of adding a
+    delta at its host; at the host it is the identity."""
+
+    num_tokens: int
+
+    def apply(self, h: torch.Tensor, x: Any, base: nn.Module) -> torch.Tensor:
+        return h
+
+    def prepare(self, model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The top-level forward's keyword arguments with this adapter's tokens added."""
+        raise NotImplementedError
+
+
+class InputPreHook:
+    """Forward pre-hook (with kwargs) of the top-level model running the active input-level
+    adapters' ``prepare``. An object rather than a closure, so that ``copy.deepcopy(model)``
+    binds the copy's hook to the copy's state."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        plan = self.state.plan
+        mods = getattr(plan, "inputs", ()) if plan is not None else ()
+        if not mods:
+            return None
+        kw = as_kwargs(module, args, kwargs)
+        for mod in mods:
+            kw = mod.prepare(module, kw)
+        return (), kw
+
+
+def as_kwargs(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Positional arguments of ``model.forward`` bound to their names, merged with ``kwargs``."""
+    if not args:
+        return dict(kwargs)
+    names = _SIGNATURES.get(type(model))
+    if names is None:
+        params = inspect.signature(model.forward).parameters.values()
+        names = _SIGNATURES[type(model)] = tuple(
+            p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    if len(args) > len(names):
+        raise AdapterError(f"{type(model).__name__}.forward got {len(args)} positional arguments; "
+                           f"prompt and prefix tuning can name only {len(names)}")
+    return {**dict(zip(names, args)), **kwargs}
+
+
+def cache_is_empty(past: Any) -> bool:
+    """True when no tokens have been cached yet: the first forward, or no cache at all."""
+    if past is None:
+        return True
+    if hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length()) == 0
+    raise AdapterError(f"past_key_values must be a transformers Cache, got {type(past).__name__}")
+
+
+def grow(kwargs: dict[str, Any], n: int) -> dict[str, Any]:
+    """``attention_mask`` gets ``n`` leading ones (the new tokens are attended) and
+    ``position_ids`` move ``n`` on, as PEFT does; other arguments are kept."""
+    mask = kwargs.get("attention_mask")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            raise AdapterError(
+                "prompt and prefix tuning need a 2D attention_mask (batch, length) or none; "
+                f"got {getattr(mask, 'shape', type(mask).__name__)} (static caches and 4D masks "
+                "are not supported)")
+        ones = mask.new_ones(mask.shape[0], n)
+        kwargs["attention_mask"] = torch.cat([ones, mask], 1)
+    pos = kwargs.get("position_ids")
+    if pos is not None:
+        kwargs["position_ids"] = pos + n
+    return kwargs
+
+
+def batch_of(kwargs: dict[str, Any]) -> int:
+    for key in ("input_ids", "inputs_embeds"):
+        value = kwargs.get(key)
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0])
+    raise AdapterError("prompt and prefix tuning need input_ids or inputs_embeds")
+
+
+def input_site(finder: SiteFinder, method: str) -> Site:
+    """The one site of an input-level method: the model's input embedding, after checking that
+    the model's family is supported."""
+    family = finder.layout.family if finder.layout is not None else None
+    if family not in FAMILIES:
+        raise TargetError(
+            f"{method} supports the layout families {list(FAMILIES)} (llama also covers mistral, "
+            f"qwen2 and qwen3); this model is model_type={model_type_of(finder.model)!r}"
+            + (f" (layout {family!r})" if family else " with no layout"))
+    get = getattr(finder.model, "get_input_embeddings", None)
+    embedding = get() if get is not None else None
+    path = next((p for p, m in finder.modules.items() if m is embedding and p), None)
+    if path is None:
+        raise TargetError(f"{method} needs the model's input embedding (get_input_embeddings()); "
+                          f"{type(finder.model).__name__} gives {type(embedding).__name__}")
+    return Site(host=path, role="embed")
