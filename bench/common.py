@@ -22,21 +22,32 @@ def pin_threads(n: int | None = None) -> int:
     return n
 
 
-def interleaved(cases: dict[str, Callable[[], Any]], rounds: int, warmup: int = 2,
+Case = Callable[[], Any] | tuple[Callable[[], Any], Callable[[], Any]]
+
+
+def interleaved(cases: dict[str, Case], rounds: int, warmup: int = 2,
                 inner: int = 1) -> dict[str, float]:
     """Median seconds per call of each case; every round runs each case once, in rotated order
-    so that no case always follows the same neighbour."""
+    so that no case always follows the same neighbour. A case is a callable, or a pair
+    (setup, call) whose untimed setup runs before each timed call."""
     names = list(cases)
+    split = {n: c if isinstance(c, tuple) else (None, c) for n, c in cases.items()}
     for _ in range(warmup):
         for n in names:
-            cases[n]()
+            setup, call = split[n]
+            if setup:
+                setup()
+            call()
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
+            setup, call = split[n]
+            if setup:
+                setup()
             start = time.perf_counter()
             for _ in range(inner):
-                cases[n]()
+                call()
             times[n].append((time.perf_counter() - start) / inner)
     return {n: statistics.median(v) for n, v in times.items()}
 
