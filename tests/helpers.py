@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -14,6 +16,20 @@ def perturb(kit: ak.AdapterKit, name: str, std: float = 0.2, seed: int = 7) -> N
     with torch.no_grad():
         for p in kit.parameters(name):
             p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def peft_pair(family: str, config: Any, peft_config: Any) -> tuple[nn.Module, ak.AdapterKit, Any]:
+    """Two fresh copies of a tiny model: one with adapter ``a`` (``config``) added and active
+    here, one wrapped by PEFT with ``peft_config``."""
+    import peft
+
+    from .models import build
+
+    ours = build(family)
+    kit = ak.AdapterKit(ours)
+    kit.add("a", config)
+    kit.activate("a")
+    return ours, kit, peft.get_peft_model(build(family), peft_config)
 
 
 def hook_counts(model: nn.Module) -> dict[str, tuple[int, int]]:

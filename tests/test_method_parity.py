@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import peft
 import pytest
 import torch
 from torch import nn
 
 import adapterkit as ak
 
+from .helpers import peft_pair
 from .models import build, inputs_for, run
 
-peft = pytest.importorskip("peft")
 # PEFT switches fan_in_fan_out on for GPT-2's Conv1D by itself, with a warning
 pytestmark = pytest.mark.filterwarnings("ignore:fan_in_fan_out:UserWarning")
 
@@ -38,11 +39,7 @@ PREFIX = "base_model.model."
 
 
 def _pair(family: str, config: Any, peft_config: Any) -> tuple[nn.Module, ak.AdapterKit, Any]:
-    ours = build(family)
-    kit = ak.AdapterKit(ours)
-    kit.add("a", config)
-    kit.activate("a")
-    theirs = peft.get_peft_model(build(family), peft_config)
+    ours, kit, theirs = peft_pair(family, config, peft_config)
     assert kit.summary()[0]["trainable"] == theirs.get_nb_trainable_parameters()[0]
     return ours, kit, theirs
 

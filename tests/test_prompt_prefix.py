@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import peft
 import pytest
 import torch
 from torch import nn
@@ -16,10 +17,9 @@ from torch import nn
 import adapterkit as ak
 from adapterkit.io import WEIGHTS_FILE
 
-from .helpers import perturb
+from .helpers import peft_pair, perturb
 from .models import build, inputs_for
 
-peft = pytest.importorskip("peft")
 # PEFT drops the position_ids generate() passes to a prompt-tuned model, with a warning
 pytestmark = pytest.mark.filterwarnings("ignore:Position ids are not supported:UserWarning")
 
@@ -40,11 +40,7 @@ def _inputs(family: str) -> dict[str, torch.Tensor]:
 
 
 def _pair(family: str, config: Any, peft_config: Any) -> tuple[nn.Module, ak.AdapterKit, Any]:
-    ours = build(family)
-    kit = ak.AdapterKit(ours)
-    kit.add("a", config)
-    kit.activate("a")
-    theirs = peft.get_peft_model(build(family), peft_config)
+    ours, kit, theirs = peft_pair(family, config, peft_config)
     g = torch.Generator().manual_seed(0)
     encoder = theirs.prompt_encoder["default"]
     with torch.no_grad():
