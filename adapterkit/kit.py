@@ -18,8 +18,8 @@ from .composition import Block, CompositionError, as_composition
 from .errors import AdapterNameError, ConfigError, NotMergeableError, closest
 from .executor import Executor
 from .layouts import Layout, get_layout, layout_for
-from .methods import AdapterModule, MethodKind, MethodSpec, Site, spec_of
-from .ops.merge import add_weight_delta
+from .merging import fold, tied_hosts, unfold
+from .methods import AdapterModule, MethodSpec, Site, spec_of
 from .sites import SiteFinder, model_type_of
 from .summary import SummaryTable
 
@@ -170,11 +170,11 @@ class AdapterKit(Compositions):
         (saved with the adapter), activate it, and return the trainable parameters.
         ``quantize_bits`` turns on quantisation-aware training (see ``adapterkit.quantization``)."""
         record = self.record(name)
+        heads = tuple(self.finder().paths(tuple(train_also))) if train_also else ()
         if quantize_bits is not None:
             from .quantization import enable_qat
 
             enable_qat(self, name, quantize_bits)
-        heads = tuple(self.finder().paths(tuple(train_also))) if train_also else ()
         for p in self.model.parameters():
             p.requires_grad_(False)
         params = list(record.parameters())
@@ -202,20 +202,13 @@ class AdapterKit(Compositions):
         self._check_untied(record)
         with torch.no_grad():
             for host_path, module in record.modules.items():
-                _fold(self.model.get_submodule(host_path), module)
+                fold(self.model.get_submodule(host_path), module)
         record.merged = True
 
     def _check_untied(self, record: AdapterRecord) -> None:
         """Merging into a weight another module shares (tied embeddings and LM heads) would
         change that module too, so it is refused."""
-        owners: dict[int, list[str]] = {}
-        for path, module in self.model.named_modules(remove_duplicate=False):
-            w = module._parameters.get("weight")
-            if w is not None:
-                owners.setdefault(id(w), []).append(path)
-        tied = {h: [p for p in owners[id(self.model.get_submodule(h).weight)] if p != h]
-                for h in record.modules}
-        tied = {h: others for h, others in tied.items() if others}
+        tied = tied_hosts(self.model, list(record.modules))
         if tied:
             raise NotMergeableError(
                 f"adapter {record.name!r} cannot be merged: these weights are tied to other "
@@ -225,7 +218,7 @@ class AdapterKit(Compositions):
     def _unmerge_record(self, record: AdapterRecord) -> None:
         with torch.no_grad():
             for host_path, module in record.modules.items():
-                _unfold(self.model.get_submodule(host_path), module)
+                unfold(self.model.get_submodule(host_path), module)
         record.merged = False
 
     def unmerge(self, name: str | None = None) -> None:
@@ -289,31 +282,3 @@ class AdapterKit(Compositions):
 
     def __repr__(self) -> str:
         return f"AdapterKit({type(self.model).__name__}, adapters={self.names}, active={self.active})"
-
-
-def _fold(host: nn.Module, module: AdapterModule) -> None:
-    """Add the module's weight (and bias) delta to its host."""
-    dw, db = module.delta_weight(host), module.delta_bias(host)
-    add_weight_delta(host.weight, dw, sign=1.0)
-    if db is not None:
-        add_weight_delta(host.bias, db, sign=1.0)
-    # a delta that reads the base weight cannot be recomputed from the merged one
-    module.merge_stash = (dw, db) if module.delta_reads_base else None
-    module.merged = True
-
-
-def _unfold(host: nn.Module, module: AdapterModule) -> None:
-    """Take out what :func:`_fold` added."""
-    if module.merge_stash is not None:
-        dw, db = module.merge_stash
-    else:
-        dw, db = module.delta_weight(host), module.delta_bias(host)
-    add_weight_delta(host.weight, dw.to(host.weight.device), sign=-1.0)
-    if db is not None:
-        add_weight_delta(host.bias, db.to(host.bias.device), sign=-1.0)
-    module.merge_stash = None
-    module.merged = False
-
-
-def weight_delta_records(kit: AdapterKit) -> list[AdapterRecord]:
-    return [r for r in kit._records.values() if r.spec.kind is MethodKind.WEIGHT_DELTA]

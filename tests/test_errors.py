@@ -236,3 +236,15 @@ def test_deepcopy_of_a_model_with_adapters_is_independent() -> None:
     assert torch.equal(run(twin, "bert", x), base)
     assert set(twin.state_dict()) == {k for k in model.state_dict() if ".adapterkit." not in k}
     assert torch.equal(run(model, "bert", x), want) and kit.names == ["a", "b"]
+
+
+def test_failed_train_leaves_no_quantisation_behind() -> None:
+    from torch.nn.utils import parametrize
+
+    kit = ak.AdapterKit(build("bert"))
+    kit.add("x", ak.LoRA())
+    with pytest.raises(ak.TargetError, match="'nope' matches no module"):
+        kit.train("x", train_also=("nope",), quantize_bits=1)
+    record = kit.record("x")
+    assert not any(parametrize.is_parametrized(m) for m in record.modules.values())
+    assert kit.active == ()

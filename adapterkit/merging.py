@@ -1,0 +1,44 @@
+"""Folding weight-delta adapters into their hosts and taking them out again (module level;
+the tensor arithmetic is :func:`adapterkit.ops.merge.add_weight_delta`)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .methods.base import AdapterModule
+from .ops.merge import add_weight_delta
+
+
+def fold(host: nn.Module, module: AdapterModule) -> None:
+    """Add the module's weight (and bias) delta to its host."""
+    dw, db = module.delta_weight(host), module.delta_bias(host)
+    add_weight_delta(host.weight, dw, sign=1.0)
+    if db is not None:
+        add_weight_delta(host.bias, db, sign=1.0)
+    # a delta that reads the base weight cannot be recomputed from the merged one
+    module.merge_stash = (dw, db) if module.delta_reads_base else None
+    module.merged = True
+
+
+def unfold(host: nn.Module, module: AdapterModule) -> None:
+    """Take out what :func:`fold` added."""
+    if module.merge_stash is not None:
+        dw, db = module.merge_stash
+    else:
+        dw, db = module.delta_weight(host), module.delta_bias(host)
+    add_weight_delta(host.weight, dw.to(host.weight.device), sign=-1.0)
+    if db is not None:
+        add_weight_delta(host.bias, db.to(host.bias.device), sign=-1.0)
+    module.merge_stash = None
+    module.merged = False
+
+
+def tied_hosts(model: nn.Module, hosts: list[str]) -> dict[str, list[str]]:
+    """For each host whose weight another module also holds, the paths of those modules."""
+    owners: dict[int, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        w = module._parameters.get("weight")
+        if w is not None:
+            owners.setdefault(id(w), []).append(path)
+    tied = {h: [p for p in owners[id(model.get_submodule(h).weight)] if p != h] for h in hosts}
+    return {h: others for h, others in tied.items() if others}
