@@ -33,7 +33,9 @@ from .extraction import ExtractionReport, extract_lora
 from .kit import AdapterKit
 from .layouts import LAYOUTS, ROLES, Layout
 from .methods import methods
+from .methods.adapterbias import AdapterBias
 from .methods.bottleneck import Bottleneck
+from .methods.compacter import Compacter
 from .methods.dora import DoRA
 from .methods.eigenlora import EigenLoRA
 from .methods.fusion import Fusion
@@ -47,10 +49,11 @@ from .quantization import QuantizeReport, quantize
 from .subspace import SubspaceReport, principal_subspace
 
 __all__ = [
-    "IA3", "LAYOUTS", "ROLES", "AdapterError", "AdapterKit", "AdapterNameError", "Average",
-    "BatchSplit", "Bottleneck", "CombineError", "CombineReport", "CompositionError", "ConfigError",
-    "DoRA", "EigenLoRA", "ExtractionReport", "Fuse", "Fusion", "Layout", "LoRA", "LoadError",
-    "NotMergeableError", "Parallel", "PrefixTuning", "PromptTuning", "QuantizeReport", "Route",
-    "Split", "Stack", "SubspaceReport", "TargetError", "VeRA", "__version__", "extract_lora",
-    "methods", "principal_subspace", "quantize",
+    "IA3", "LAYOUTS", "ROLES", "AdapterBias", "AdapterError", "AdapterKit", "AdapterNameError",
+    "Average", "BatchSplit", "Bottleneck", "CombineError", "CombineReport", "Compacter",
+    "CompositionError", "ConfigError", "DoRA", "EigenLoRA", "ExtractionReport", "Fuse",
+    "Fusion", "Layout", "LoRA", "LoadError", "NotMergeableError", "Parallel", "PrefixTuning",
+    "PromptTuning", "QuantizeReport", "Route", "Split", "Stack", "SubspaceReport",
+    "TargetError", "VeRA", "__version__", "extract_lora", "methods", "principal_subspace",
+    "quantize",
 ]

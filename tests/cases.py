@@ -35,9 +35,14 @@ def _lora(**kw: Any) -> Callable[[str], Any]:
 
 
 def _bottleneck(**kw: Any) -> Callable[[str], Any]:
+    return _residual(ak.Bottleneck, **kw)
+
+
+def _residual(cls: type, **kw: Any) -> Callable[[str], Any]:
+    """A residual method at the layout's sublayers, or at ``bottleneck_targets`` (no layout)."""
     def make(family: str) -> Any:
         targets = MODELS[family].bottleneck_targets
-        return ak.Bottleneck(**kw, **({"targets": targets} if targets else {}))
+        return cls(**kw, **({"targets": targets} if targets else {}))
     return make
 
 
@@ -56,6 +61,12 @@ METHOD_CASES: tuple[MethodCase, ...] = (
                                           non_linearity="gelu")),
     MethodCase("parallel", _bottleneck(reduction=4, placement="both", mode="parallel",
                                        scaling=2.0)),
+    MethodCase("adapterbias", _residual(ak.AdapterBias)),
+    MethodCase("adapterbias-both", _residual(ak.AdapterBias, placement="both")),
+    MethodCase("compacter", _residual(ak.Compacter, reduction=4, placement="both")),
+    MethodCase("compacter-pp-unshared-r2", _residual(
+        ak.Compacter, reduction=4, plus_plus=True, shared_rule=False, rank=2,
+        non_linearity="relu")),
     MethodCase("ia3", lambda f: ak.IA3() if MODELS[f].lora_targets is None else ak.IA3(
         targets=MODELS[f].lora_targets, feedforward=MODELS[f].lora_targets[-1:])),
     MethodCase("ia3-q-out-ffn-in", lambda f: ak.IA3(

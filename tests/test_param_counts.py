@@ -94,3 +94,30 @@ def test_vera_projections_get_no_gradient() -> None:
     for module in kit.record("a").modules.values():
         assert module.vera_A.grad is None and module.vera_B.grad is None
         assert module.lambda_b.grad is not None and module.lambda_d.grad is not None
+
+
+@pytest.mark.parametrize("placement", ["ffn", "both"])
+def test_adapterbias_count_is_the_paper_formula(placement: str) -> None:
+    """Fu et al.: per site the shift ``v`` (out) and ``L_alpha`` (in weights + 1 bias)."""
+    model, d = _llama()
+    _, n = _trainable(model, ak.AdapterBias(placement=placement))
+    h = d["hidden"]  # attn.out (o_proj) and ffn.out (down_proj) both output the hidden size
+    sites = d["layers"] * (2 if placement == "both" else 1)
+    assert n == sites * (h + (h + 1))
+
+
+@pytest.mark.parametrize(("phm_dim", "rank", "shared"), [(4, 1, True), (2, 3, True), (4, 2, False)])
+def test_compacter_count_is_the_paper_formula(phm_dim: int, rank: int, shared: bool) -> None:
+    """Mahabadi et al.: each PHM layer (in -> out) has ``n`` rank-``r`` factors
+    ``s_i`` (out/n, r) and ``t_i`` (in/n, r), i.e. ``r (in + out)``, plus its bias; the rules
+    ``A``: (n, n, n) count once when shared, once per site otherwise."""
+    model, d = _llama()
+    reduction = 4
+    _, n = _trainable(model, ak.Compacter(reduction=reduction, placement="both", phm_dim=phm_dim,
+                                          rank=rank, shared_rule=shared))
+    h = d["hidden"]
+    m = h // reduction
+    sites = 2 * d["layers"]
+    per_site = rank * (h + m) + m + rank * (m + h) + h
+    rules = phm_dim ** 3 * (1 if shared else sites)
+    assert n == sites * per_site + rules

@@ -154,7 +154,7 @@ def test_export_loads_in_peft_with_equal_outputs(case: str, tmp_path: Path) -> N
 
 
 BAD_FIELDS: dict[str, Any] = {
-    "peft_type": "IA3", "bias": "all", "lora_bias": True, "alora_invocation_tokens": [5],
+    "peft_type": "BOFT", "bias": "all", "lora_bias": True, "alora_invocation_tokens": [5],
     "rank_pattern": {"q_proj": 8}, "alpha_pattern": {"q_proj": 2}, "layer_replication": [[0, 1]],
     "target_parameters": ["mlp.experts.gate_up_proj"], "trainable_token_indices": [1, 2],
     "target_modules": ["no_such_module"],

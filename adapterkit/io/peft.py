@@ -1,5 +1,6 @@
-"""Hugging Face PEFT's LoRA checkpoint format (``adapter_config.json`` with ``peft_type: LORA``
-plus ``adapter_model.safetensors``, or ``adapter_model.bin`` read with ``weights_only=True``).
+"""Hugging Face PEFT's LoRA and IA3 checkpoint format (``adapter_config.json`` with ``peft_type``
+``LORA`` or ``IA3`` plus ``adapter_model.safetensors``, or ``adapter_model.bin`` read with
+``weights_only=True``; the IA3 config fields are in :mod:`.peft_ia3`).
 
 Loading reproduces PEFT's choice of modules exactly (see :mod:`.peft_keys`) and refuses every
 config field whose effect adapterkit does not reproduce. Saving writes what
@@ -61,7 +62,7 @@ _TASKS = (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "
 
 
 class PeftExportError(AdapterError, ValueError):
-    """The adapter uses a method or option that PEFT's LoRA format cannot hold."""
+    """The adapter uses a method or option that PEFT's LoRA or IA3 format cannot hold."""
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -72,7 +73,8 @@ def _unsupported(d: Path, field: str, value: Any, why: str = "") -> LoadError:
 
 def _check_fields(cfg: dict[str, Any], d: Path) -> None:
     if cfg.get("peft_type") != "LORA":
-        raise _unsupported(d, "peft_type", cfg.get("peft_type"), "only LORA checkpoints load")
+        raise _unsupported(d, "peft_type", cfg.get("peft_type"),
+                           "only LORA and IA3 checkpoints load")
     if cfg.get("use_dora") and "dora" not in {m.name for m in methods()}:
         raise _unsupported(d, "use_dora", True,
                            "DoRA checkpoints need the 'dora' method, which is not registered")
@@ -162,9 +164,8 @@ def _default_name(d: Path) -> str:
     return name or "default"
 
 
-def _plan(kit: AdapterKit, cfg: dict[str, Any], d: Path, name: str | None,
+def _plan(kit: AdapterKit, config: Any, cfg: dict[str, Any], d: Path, name: str | None,
           found: dict[str, torch.Tensor]) -> AdapterRecord:
-    config = _method_config(kit, cfg, d)
     try:
         record = kit.plan(name or _default_name(d), config)
     except AdapterNameError as exc:
@@ -178,14 +179,18 @@ def _plan(kit: AdapterKit, cfg: dict[str, Any], d: Path, name: str | None,
 
 
 def load_peft(kit: AdapterKit, directory: Path, name: str | None) -> str:
-    """Load a PEFT LoRA checkpoint into ``kit``; the model is unchanged if this raises."""
+    """Load a PEFT LoRA or IA3 checkpoint into ``kit``; the model is unchanged if this raises."""
+    from . import peft_ia3
+
     d = Path(directory)
     cfg = read_json(d / CONFIG_FILE)
-    _check_fields(cfg, d)
+    ia3 = cfg.get("peft_type") == "IA3"
+    (peft_ia3.check_fields if ia3 else _check_fields)(cfg, d)
     found = read_peft_tensors(d)
-    record = _plan(kit, cfg, d, name, found)
+    config = (peft_ia3.method_config if ia3 else _method_config)(kit, cfg, d)
+    record = _plan(kit, config, cfg, d, name, found)
     ours = adapter_tensors(kit, record)
-    keys = key_map(kit, ours)
+    keys = key_map(kit, ours, record.modules)
     problems = _mismatches(to_peft(ours, keys), found)
     if problems:
         raise LoadError(
@@ -197,10 +202,11 @@ def load_peft(kit: AdapterKit, directory: Path, name: str | None) -> str:
 
 # -- saving ------------------------------------------------------------------------------------
 def _check_exportable(kit: AdapterKit, record: AdapterRecord) -> None:
-    if record.spec.name not in ("lora", "dora"):
+    if record.spec.name not in ("lora", "dora", "ia3"):
         raise PeftExportError(
             f"adapter {record.name!r} uses the {record.spec.name} method; format='peft' writes "
-            "PEFT LoRA checkpoints, which hold LoRA (with rsLoRA) and DoRA adapters only"
+            "PEFT LoRA and IA3 checkpoints, which hold LoRA (with rsLoRA), DoRA and IA3 "
+            "adapters only"
         )
     if getattr(record.config, "rank_pattern", ()):
         raise PeftExportError(
@@ -209,7 +215,7 @@ def _check_exportable(kit: AdapterKit, record: AdapterRecord) -> None:
         )
     hosts = [s.host for s in record.sites]
     bad = _incompatible(kit, hosts)
-    bad += [f"{h}: inside a trained head (PEFT puts no LoRA in modules_to_save)"
+    bad += [f"{h}: inside a trained head (PEFT puts no adapter in modules_to_save)"
             for h in hosts if in_saved_module(h, record.heads)]
     extra = set(saved_paths(kit.finder().modules, record.heads)) - set(record.heads)
     bad += [f"{p}: PEFT would save it as a head too (its path ends with a head's)"
@@ -251,15 +257,17 @@ def peft_config(kit: AdapterKit, record: AdapterRecord) -> dict[str, Any]:
 
 
 def save_peft(kit: AdapterKit, record: AdapterRecord, directory: Path) -> None:
-    """Write ``record`` as a PEFT LoRA checkpoint; each file appears whole or not at all."""
+    """Write ``record`` as a PEFT LoRA or IA3 checkpoint; each file appears whole or not at all."""
     from safetensors.torch import save_file
 
+    from .peft_ia3 import peft_config as ia3_config
+
     _check_exportable(kit, record)
-    cfg = peft_config(kit, record)
+    cfg = (ia3_config if record.spec.name == "ia3" else peft_config)(kit, record)
     # a head's state_dict also holds the adapter slots of other adapters it hosts: not PEFT's
     ours = {k: t for k, t in adapter_tensors(kit, record).items() if f".{SLOT}." not in k}
     tensors = {k: t.detach().to("cpu").contiguous().clone()
-               for k, t in to_peft(ours, key_map(kit, ours)).items()}
+               for k, t in to_peft(ours, key_map(kit, ours, record.modules)).items()}
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / SAFETENSORS_FILE,

@@ -1,4 +1,4 @@
-"""PEFT's module matching and tensor naming for LoRA, written against module paths.
+"""PEFT's module matching and tensor naming for LoRA and IA3, written against module paths.
 
 These functions reproduce what ``peft`` (checked against 0.21) does when it injects a LoRA
 config into a model, so that adapterkit attaches to exactly the modules PEFT would:
@@ -9,12 +9,15 @@ config into a model, so that adapterkit attaches to exactly the modules PEFT wou
 - ``exclude_modules``: the same two forms, removing paths.
 - modules in ``modules_to_save`` (and everything under them) never get LoRA; a module is saved
   when its path ends with one of the names (plain ``str.endswith``, as PEFT does).
+
+IA3's ``ia3_offset`` (flat, ``l - 1``) is PEFT's ``ia3_l`` (``l``) as a column (out, 1), or as a
+row (1, in) for a feedforward module: :func:`to_peft` adds 1 and :func:`from_peft` subtracts it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from ..kit import AdapterKit
 
 PREFIX = "base_model.model."
+IA3_LEAF, IA3_PEFT = "ia3_offset", "ia3_l"
 #: Modules that PEFT adds to ``modules_to_save`` for a task type.
 TASK_HEADS: dict[str, tuple[str, ...]] = {
     "SEQ_CLS": ("classifier", "score"),
@@ -98,12 +102,14 @@ def _peft_leaf(leaf: str, base: nn.Module) -> str:
     if isinstance(base, nn.Embedding) and leaf in ("lora_A", "lora_B"):
         return f"lora_embedding_{leaf[-1]}"
     return {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight",
-            "magnitude": "lora_magnitude_vector"}.get(leaf, leaf)
+            "magnitude": "lora_magnitude_vector", IA3_LEAF: IA3_PEFT}.get(leaf, leaf)
 
 
-def key_map(kit: AdapterKit, ours: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Size]]:
+def key_map(kit: AdapterKit, ours: dict[str, torch.Tensor],
+            modules: Mapping[str, nn.Module] | None = None) -> dict[str, tuple[str, torch.Size]]:
     """Our tensor key -> (PEFT key, shape in the PEFT file), for every tensor in ``ours``
-    (named as :func:`adapterkit.io.kitio.adapter_tensors` names them)."""
+    (named as :func:`adapterkit.io.kitio.adapter_tensors` names them); ``modules`` (the
+    record's, by host) tells IA3's feedforward vectors from the others."""
     out: dict[str, tuple[str, torch.Size]] = {}
     for key, t in ours.items():
         if key.startswith(HEAD):
@@ -113,17 +119,31 @@ def key_map(kit: AdapterKit, ours: dict[str, torch.Tensor]) -> dict[str, tuple[s
         base = kit.model.get_submodule(host)
         conv_b = isinstance(base, nn.Conv2d) and leaf == "lora_B"
         shape = torch.Size((*t.shape, 1, 1)) if conv_b else t.shape  # PEFT: a 1x1 conv
+        if leaf == IA3_LEAF:
+            ff = getattr((modules or {}).get(host), "feedforward", None)
+            if ff is None:
+                raise ValueError(f"{key}: the IA3 module is needed to name the tensor")
+            shape = torch.Size((1, t.numel()) if ff else (t.numel(), 1))
         out[key] = (f"{PREFIX}{host}.{_peft_leaf(leaf, base)}", shape)
     return out
 
 
 def to_peft(tensors: dict[str, torch.Tensor],
             keys: dict[str, tuple[str, torch.Size]]) -> dict[str, torch.Tensor]:
-    """Our tensors renamed and reshaped the PEFT way."""
-    return {keys[k][0]: t.reshape(keys[k][1]) for k, t in tensors.items()}
+    """Our tensors renamed and reshaped the PEFT way (IA3: ``l = ia3_offset + 1``)."""
+    out = {}
+    for k, t in tensors.items():
+        name, shape = keys[k]
+        out[name] = t.reshape(shape) + 1 if name.endswith(f".{IA3_PEFT}") else t.reshape(shape)
+    return out
 
 
 def from_peft(found: dict[str, torch.Tensor], keys: dict[str, tuple[str, torch.Size]],
               ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """File tensors (already checked against ``to_peft(ours, keys)``) renamed our way."""
-    return {k: found[peft_key].reshape(ours[k].shape) for k, (peft_key, _) in keys.items()}
+    """File tensors (already checked against ``to_peft(ours, keys)``) renamed our way
+    (IA3: ``ia3_offset = l - 1``, computed in the module's dtype)."""
+    out = {}
+    for k, (peft_key, _) in keys.items():
+        t = found[peft_key].reshape(ours[k].shape)
+        out[k] = t.to(ours[k].dtype) - 1 if k.endswith(f".{IA3_LEAF}") else t
+    return out

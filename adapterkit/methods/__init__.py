@@ -11,7 +11,8 @@ from .base import AdapterModule, MethodKind, MethodSpec, Site, Tap
 
 _REGISTRY: dict[str, MethodSpec] = {}
 _BY_CLASS: dict[type, str] = {}
-_BUILTIN = ("lora", "bottleneck", "ia3", "dora", "vera", "fusion", "eigenlora", "prompt", "prefix")
+_BUILTIN = ("lora", "bottleneck", "ia3", "dora", "vera", "fusion", "eigenlora", "prompt", "prefix",
+            "adapterbias", "compacter")
 
 
 def register(spec: MethodSpec) -> MethodSpec:
