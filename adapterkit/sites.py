@@ -145,6 +145,16 @@ class SiteFinder:
         order = list(self.modules)
         return sorted(sites, key=lambda s: order.index(s.host))
 
+    def output_sites(self, placement: str, targets: Sequence[str] | None, method: str) -> list[Site]:
+        """Sites of an adapter that reads only its host's output: the sublayer output projections
+        of ``placement``, or the modules ``targets`` names; each must be Linear or Conv1D."""
+        if targets is None:
+            sites = [Site(host=s.host, role=s.role) for s in self.sublayer_sites(placement)]
+        else:
+            sites = [Site(host=p) for p in self.paths(targets)]
+        self.check_types([s.host for s in sites], is_linear_like, "Linear and Conv1D outputs", method)
+        return sites
+
     def _first_per_layer(self, role: str) -> dict[str, str]:
         assert role in LAYER_ROLES and self.layout is not None
         first: dict[str, str] = {}

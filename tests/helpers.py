@@ -32,6 +32,11 @@ def peft_pair(family: str, config: Any, peft_config: Any) -> tuple[nn.Module, ak
     return ours, kit, peft.get_peft_model(build(family), peft_config)
 
 
+def kit_snapshot(model: nn.Module, kit: ak.AdapterKit) -> tuple[Any, ...]:
+    """Adapter names, state-dict keys and hook counts: what a failed call must leave as it was."""
+    return list(kit.names), set(model.state_dict()), hook_counts(model)
+
+
 def hook_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
     return {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()}
 

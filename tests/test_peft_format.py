@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import adapterkit as ak
 import adapterkit.io.peft as peft_io
 
-from .helpers import hook_counts, perturb
+from .helpers import kit_snapshot, perturb
 from .models import _DEC, build, inputs_for, run
 
 # family, LoraConfig kwargs, safetensors (else adapter_model.bin)
@@ -161,10 +161,6 @@ BAD_FIELDS: dict[str, Any] = {
 }
 
 
-def _snapshot(model: torch.nn.Module, kit: ak.AdapterKit) -> tuple[Any, ...]:
-    return list(kit.names), set(model.state_dict()), hook_counts(model)
-
-
 @pytest.mark.parametrize(("field", "value"), BAD_FIELDS.items(), ids=list(BAD_FIELDS))
 def test_unsupported_field_raises_and_leaves_model_alone(field: str, value: Any,
                                                          tmp_path: Path) -> None:
@@ -175,10 +171,10 @@ def test_unsupported_field_raises_and_leaves_model_alone(field: str, value: Any,
     model = build("llama")
     kit = ak.AdapterKit(model)
     kit.add("keep", ak.LoRA(r=2))
-    before = _snapshot(model, kit)
+    before = kit_snapshot(model, kit)
     with pytest.raises(ak.LoadError, match=field):
         kit.load(tmp_path)
-    assert _snapshot(model, kit) == before
+    assert kit_snapshot(model, kit) == before
 
 
 def test_checkpoint_for_other_shapes_names_every_tensor(tmp_path: Path) -> None:
@@ -186,13 +182,13 @@ def test_checkpoint_for_other_shapes_names_every_tensor(tmp_path: Path) -> None:
     cfg = T.LlamaConfig(**{**_DEC, "hidden_size": 48, "intermediate_size": 80})
     model = T.AutoModelForCausalLM.from_config(cfg).eval()
     kit = ak.AdapterKit(model)
-    before = _snapshot(model, kit)
+    before = kit_snapshot(model, kit)
     with pytest.raises(ak.LoadError) as info:
         kit.load(tmp_path)
     keys = load_file(tmp_path / "adapter_model.safetensors").keys()
     assert f"({len(keys)} problem(s))" in str(info.value)
     assert all(k in str(info.value) for k in keys)
-    assert _snapshot(model, kit) == before
+    assert kit_snapshot(model, kit) == before
 
 
 def test_dora_checkpoint_needs_the_dora_method(tmp_path: Path, monkeypatch) -> None:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import adapterkit as ak
 
-from .helpers import hook_counts, perturb
+from .helpers import kit_snapshot, perturb
 from .models import build, inputs_for, run
 
 _BERT_FFN_OUT = r".*\.layer\.\d+\.output\.dense"
@@ -167,10 +167,6 @@ BAD_FIELDS: dict[str, Any] = {
 }
 
 
-def _snapshot(model: torch.nn.Module, kit: ak.AdapterKit) -> tuple[Any, ...]:
-    return list(kit.names), set(model.state_dict()), hook_counts(model)
-
-
 @pytest.mark.parametrize(("field", "value"), BAD_FIELDS.items(), ids=list(BAD_FIELDS))
 def test_unsupported_ia3_field_raises_and_leaves_model_alone(field: str, value: Any,
                                                              tmp_path: Path) -> None:
@@ -181,10 +177,10 @@ def test_unsupported_ia3_field_raises_and_leaves_model_alone(field: str, value: 
     model = build("llama")
     kit = ak.AdapterKit(model)
     kit.add("keep", ak.LoRA(r=2))
-    before = _snapshot(model, kit)
+    before = kit_snapshot(model, kit)
     with pytest.raises(ak.LoadError, match=field):
         kit.load(tmp_path)
-    assert _snapshot(model, kit) == before
+    assert kit_snapshot(model, kit) == before
 
 
 def test_missing_feedforward_modules_raises(tmp_path: Path) -> None:

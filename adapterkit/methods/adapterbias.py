@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import check_choice
 from ..errors import ConfigError
-from ..sites import SiteFinder, features_of, is_linear_like
+from ..sites import SiteFinder, features_of
 from . import register
 from .base import AdapterModule, MethodKind, MethodSpec, Site
 
@@ -68,19 +68,9 @@ class AdapterBiasModule(AdapterModule):
         a = F.linear(u, self.alpha.weight, self.alpha.bias)  # (..., 1): one weight per token
         return (a * self.v).to(h.dtype)
 
-    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        return h + self.delta(h, x, base)
-
 
 def _find_sites(config: AdapterBias, finder: SiteFinder) -> list[Site]:
-    if config.targets is None:
-        # series: the adapter reads only the host output, so no tap on the sublayer input
-        sites = [Site(host=s.host, role=s.role) for s in finder.sublayer_sites(config.placement)]
-    else:
-        sites = [Site(host=p) for p in finder.paths(config.targets)]
-    finder.check_types([s.host for s in sites], is_linear_like, "Linear and Conv1D outputs",
-                       "AdapterBias")
-    return sites
+    return finder.output_sites(config.placement, config.targets, "AdapterBias")
 
 
 def _build(config: AdapterBias, site: Site, finder: SiteFinder) -> AdapterBiasModule:

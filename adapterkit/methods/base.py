@@ -77,6 +77,11 @@ class AdapterModule(nn.Module):
         self.tap: Tap | None = None
         self.merge_stash: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
+    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        """``h + delta(h, x, base)``: what a single active adapter does at its host (methods
+        override it only to fuse the addition into their kernel)."""
+        return h + self.delta(h, x, base)
+
     def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         """Additive change to the host output ``h`` given the adapter's input ``x``: the host's
         input, or for a module with a tap the tapped input (the executor passes it)."""

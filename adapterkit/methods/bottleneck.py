@@ -97,9 +97,6 @@ class BottleneckModule(AdapterModule):
         out = self.up(self.act(self.down(self.norm(u.to(self.down.weight.dtype)))))
         return (out * self.scaling).to(h.dtype)
 
-    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        return h + self.delta(h, x, base)
-
     @classmethod
     def route_deltas(cls, modules: Sequence[AdapterModule], rows: torch.Tensor, h: torch.Tensor,
                      xs: Sequence[Any], base: nn.Module, cache: Any = None,

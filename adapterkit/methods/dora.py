@@ -18,7 +18,7 @@ from ..config import check_positive
 from ..errors import ConfigError
 from ..sites import SiteFinder, dense_weight, is_conv1d, is_linear_like
 from . import register
-from .base import MethodKind, MethodSpec, Site
+from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .lora import LoRAModule, _as_targets
 
 
@@ -93,8 +93,8 @@ class DoRAModule(LoRAModule):
         lora_out = self._low_rank(x, base, drop=False)  # (..., out)
         return ((mscale - 1) * base_out + mscale * lora_out * self.scale).to(h.dtype)
 
-    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        return h + self.delta(h, x, base)
+    # LoRA's apply fuses its own delta; DoRA's delta differs, so it goes back to h + delta
+    apply = AdapterModule.apply
 
     def delta_weight(self, base: nn.Module) -> torch.Tensor:
         w = base.weight

@@ -115,9 +115,6 @@ class EigenLoRAModule(AdapterModule):
         a, b = self.factors()
         return (F.linear(F.linear(x.to(a.dtype), a), b) * self.scale).to(h.dtype)
 
-    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        return h + self.delta(h, x, base)
-
     def delta_weight(self, base: nn.Module) -> torch.Tensor:
         a, b = self.factors()
         dw = (b @ a) * self.scale  # (out, in)

@@ -103,9 +103,6 @@ class VeRAModule(AdapterModule):
         t = d * F.linear(x, self.vera_A.to(d.dtype))  # (..., r)
         return (b * F.linear(t, self.vera_B.to(d.dtype))).to(h.dtype)  # (..., out)
 
-    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        return h + self.delta(h, x, base)
-
     def delta_weight(self, base: nn.Module) -> torch.Tensor:
         d, b = self.lambda_d, self.lambda_b
         dw = (b[:, None] * self.vera_B.to(b.dtype)) @ (d[:, None] * self.vera_A.to(d.dtype))
