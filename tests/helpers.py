@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +32,14 @@ def peft_pair(family: str, config: Any, peft_config: Any) -> tuple[nn.Module, ak
     kit.add("a", config)
     kit.activate("a")
     return ours, kit, peft.get_peft_model(build(family), peft_config)
+
+
+def set_config_field(directory: Path, field: str, value: Any) -> None:
+    """Rewrite one top-level field of the ``adapter_config.json`` in ``directory``."""
+    path = directory / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    cfg[field] = value
+    path.write_text(json.dumps(cfg))
 
 
 def kit_snapshot(model: nn.Module, kit: ak.AdapterKit) -> tuple[Any, ...]:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import adapterkit as ak
 import adapterkit.io.peft as peft_io
 
-from .helpers import kit_snapshot, perturb
+from .helpers import kit_snapshot, perturb, set_config_field
 from .models import _DEC, build, inputs_for, run
 
 # family, LoraConfig kwargs, safetensors (else adapter_model.bin)
@@ -165,9 +165,7 @@ BAD_FIELDS: dict[str, Any] = {
 def test_unsupported_field_raises_and_leaves_model_alone(field: str, value: Any,
                                                          tmp_path: Path) -> None:
     _peft_checkpoint("llama-layers", tmp_path)
-    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
-    cfg[field] = value
-    (tmp_path / "adapter_config.json").write_text(json.dumps(cfg))
+    set_config_field(tmp_path, field, value)
     model = build("llama")
     kit = ak.AdapterKit(model)
     kit.add("keep", ak.LoRA(r=2))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import adapterkit as ak
 
-from .helpers import kit_snapshot, perturb
+from .helpers import kit_snapshot, perturb, set_config_field
 from .models import build, inputs_for, run
 
 _BERT_FFN_OUT = r".*\.layer\.\d+\.output\.dense"
@@ -171,9 +171,7 @@ BAD_FIELDS: dict[str, Any] = {
 def test_unsupported_ia3_field_raises_and_leaves_model_alone(field: str, value: Any,
                                                              tmp_path: Path) -> None:
     _peft_checkpoint("llama-list", tmp_path)
-    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
-    cfg[field] = value
-    (tmp_path / "adapter_config.json").write_text(json.dumps(cfg))
+    set_config_field(tmp_path, field, value)
     model = build("llama")
     kit = ak.AdapterKit(model)
     kit.add("keep", ak.LoRA(r=2))
@@ -185,9 +183,7 @@ def test_unsupported_ia3_field_raises_and_leaves_model_alone(field: str, value: 
 
 def test_missing_feedforward_modules_raises(tmp_path: Path) -> None:
     _peft_checkpoint("gpt2-conv1d", tmp_path)
-    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
-    cfg["feedforward_modules"] = None
-    (tmp_path / "adapter_config.json").write_text(json.dumps(cfg))
+    set_config_field(tmp_path, "feedforward_modules", None)
     kit = ak.AdapterKit(build("gpt2"))
     with pytest.raises(ak.LoadError, match="feedforward_modules=None"):
         kit.load(tmp_path)
