@@ -43,6 +43,8 @@ PEFT_CASES: dict[str, tuple[str, dict[str, Any], bool]] = {
                                fan_in_fan_out=True), True),
     "llama-dora-rslora": ("llama", dict(r=4, lora_alpha=8, use_dora=True, use_rslora=True,
                                         target_modules=["v_proj", "gate_proj"]), True),
+    "bert-dora-head": ("bert", dict(r=4, lora_alpha=8, use_dora=True, task_type="SEQ_CLS",
+                                    target_modules=["key", "output.dense"]), True),
 }
 LORA_KEY = re.compile(
     r"base_model\.model\..+\.(lora_[AB]\.weight|lora_embedding_[AB]|lora_magnitude_vector)")

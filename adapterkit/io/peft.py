@@ -1,6 +1,7 @@
-"""Hugging Face PEFT's LoRA and IA3 checkpoint format (``adapter_config.json`` with ``peft_type``
-``LORA`` or ``IA3`` plus ``adapter_model.safetensors``, or ``adapter_model.bin`` read with
-``weights_only=True``; the IA3 config fields are in :mod:`.peft_ia3`).
+"""Hugging Face PEFT's checkpoint format (``adapter_config.json`` with ``peft_type`` ``LORA``,
+``IA3``, ``PROMPT_TUNING`` or ``PREFIX_TUNING`` plus ``adapter_model.safetensors``, or
+``adapter_model.bin`` read with ``weights_only=True``; the IA3 config fields are in
+:mod:`.peft_ia3`, the prompt and prefix ones in :mod:`.peft_prompt`).
 
 Loading reproduces PEFT's choice of modules exactly (see :mod:`.peft_keys`) and refuses every
 config field whose effect adapterkit does not reproduce. Saving writes what
@@ -172,25 +173,43 @@ def _plan(kit: AdapterKit, config: Any, cfg: dict[str, Any], d: Path, name: str 
         raise AdapterNameError(f"cannot load {d}: {exc}") from None
     except AdapterError as exc:
         raise LoadError(f"cannot load {d}: {exc}") from None
+    from .peft_prompt import HEAD_PREFIX, TYPES
+
     heads = saved_paths(kit.finder().modules, saved_names(cfg))
+    prefix = HEAD_PREFIX if cfg.get("peft_type") in TYPES else PREFIX
     # a module to save with no tensors in the file keeps its base weights in PEFT too
-    record.heads = tuple(h for h in heads if any(k.startswith(f"{PREFIX}{h}.") for k in found))
+    record.heads = tuple(h for h in heads if any(k.startswith(f"{prefix}{h}.") for k in found))
     return record
 
 
+def _reader(kind: Any) -> tuple[Any, Any]:
+    """The config check and the method-config builder for a ``peft_type``."""
+    from . import peft_ia3, peft_prompt
+
+    if kind == "IA3":
+        return peft_ia3.check_fields, peft_ia3.method_config
+    if kind in peft_prompt.TYPES:
+        return peft_prompt.check_fields, peft_prompt.method_config
+    return _check_fields, _method_config
+
+
 def load_peft(kit: AdapterKit, directory: Path, name: str | None) -> str:
-    """Load a PEFT LoRA or IA3 checkpoint into ``kit``; the model is unchanged if this raises."""
-    from . import peft_ia3
+    """Load a PEFT LoRA, IA3, prompt-tuning or prefix-tuning checkpoint into ``kit``; the model
+    is unchanged if this raises."""
+    from . import peft_prompt
 
     d = Path(directory)
     cfg = read_json(d / CONFIG_FILE)
-    ia3 = cfg.get("peft_type") == "IA3"
-    (peft_ia3.check_fields if ia3 else _check_fields)(cfg, d)
+    check, build_config = _reader(cfg.get("peft_type"))
+    check(cfg, d)
     found = read_peft_tensors(d)
-    config = (peft_ia3.method_config if ia3 else _method_config)(kit, cfg, d)
+    config = build_config(kit, cfg, d)
     record = _plan(kit, config, cfg, d, name, found)
     ours = adapter_tensors(kit, record)
-    keys = key_map(kit, ours, record.modules)
+    if cfg["peft_type"] in peft_prompt.TYPES:
+        keys = peft_prompt.key_map(ours)
+    else:
+        keys = key_map(kit, ours, record.modules)
     problems = _mismatches(to_peft(ours, keys), found)
     if problems:
         raise LoadError(
@@ -202,11 +221,11 @@ def load_peft(kit: AdapterKit, directory: Path, name: str | None) -> str:
 
 # -- saving ------------------------------------------------------------------------------------
 def _check_exportable(kit: AdapterKit, record: AdapterRecord) -> None:
-    if record.spec.name not in ("lora", "dora", "ia3"):
+    if record.spec.name not in ("lora", "dora", "ia3", "prompt", "prefix"):
         raise PeftExportError(
             f"adapter {record.name!r} uses the {record.spec.name} method; format='peft' writes "
-            "PEFT LoRA and IA3 checkpoints, which hold LoRA (with rsLoRA), DoRA and IA3 "
-            "adapters only"
+            "PEFT LoRA, IA3, prompt-tuning and prefix-tuning checkpoints, which hold LoRA (with "
+            "rsLoRA), DoRA, IA3, PromptTuning and PrefixTuning adapters only"
         )
     if getattr(record.config, "rank_pattern", ()):
         raise PeftExportError(
@@ -214,7 +233,7 @@ def _check_exportable(kit: AdapterKit, record: AdapterRecord) -> None:
             "does not write; save it in the adapterkit format"
         )
     hosts = [s.host for s in record.sites]
-    bad = _incompatible(kit, hosts)
+    bad = [] if record.spec.name in ("prompt", "prefix") else _incompatible(kit, hosts)
     bad += [f"{h}: inside a trained head (PEFT puts no adapter in modules_to_save)"
             for h in hosts if in_saved_module(h, record.heads)]
     extra = set(saved_paths(kit.finder().modules, record.heads)) - set(record.heads)
@@ -256,18 +275,49 @@ def peft_config(kit: AdapterKit, record: AdapterRecord) -> dict[str, Any]:
     }
 
 
+def _prompt_task(kit: AdapterKit, record: AdapterRecord) -> str:
+    """PEFT's task type for a prompt or prefix adapter on this model (see ``_task_type``)."""
+    from . import peft_prompt
+
+    task = _task_type(kit, record)
+    if task is None and type(kit.model).__name__.endswith(("ForSequenceClassification",
+                                                             "ForCausalLM", "LMHeadModel")):
+        raise PeftExportError(f"adapter {record.name!r}: PEFT would load the model's head as a "
+                              "module to save; train it with the adapter (train_also) first")
+    task = task or "FEATURE_EXTRACTION"
+    if task not in peft_prompt.TASKS:
+        raise PeftExportError(f"adapter {record.name!r}: PEFT's {task} model runs prompts in "
+                              f"another way; prompt and prefix export supports "
+                              f"{list(peft_prompt.TASKS)}")
+    return task
+
+
+def _peft_tensors(kit: AdapterKit, record: AdapterRecord) -> dict[str, torch.Tensor]:
+    from . import peft_prompt
+
+    # a head's state_dict also holds the adapter slots of other adapters it hosts: not PEFT's
+    ours = {k: t for k, t in adapter_tensors(kit, record).items() if f".{SLOT}." not in k}
+    if record.spec.name in peft_prompt.PEFT_TYPE:
+        ours = peft_prompt.export_tensors(kit, record, ours)
+        keys = peft_prompt.key_map(ours)
+    else:
+        keys = key_map(kit, ours, record.modules)
+    return {k: t.detach().to("cpu").contiguous().clone() for k, t in to_peft(ours, keys).items()}
+
+
 def save_peft(kit: AdapterKit, record: AdapterRecord, directory: Path) -> None:
-    """Write ``record`` as a PEFT LoRA or IA3 checkpoint; each file appears whole or not at all."""
+    """Write ``record`` as a PEFT checkpoint; each file appears whole or not at all."""
     from safetensors.torch import save_file
 
+    from . import peft_prompt
     from .peft_ia3 import peft_config as ia3_config
 
     _check_exportable(kit, record)
-    cfg = (ia3_config if record.spec.name == "ia3" else peft_config)(kit, record)
-    # a head's state_dict also holds the adapter slots of other adapters it hosts: not PEFT's
-    ours = {k: t for k, t in adapter_tensors(kit, record).items() if f".{SLOT}." not in k}
-    tensors = {k: t.detach().to("cpu").contiguous().clone()
-               for k, t in to_peft(ours, key_map(kit, ours, record.modules)).items()}
+    if record.spec.name in peft_prompt.PEFT_TYPE:
+        cfg = peft_prompt.peft_config(kit, record, _prompt_task(kit, record))
+    else:
+        cfg = (ia3_config if record.spec.name == "ia3" else peft_config)(kit, record)
+    tensors = _peft_tensors(kit, record)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / SAFETENSORS_FILE,
