@@ -37,23 +37,32 @@ from .methods.adapterbias import AdapterBias
 from .methods.bottleneck import Bottleneck
 from .methods.compacter import Compacter
 from .methods.dora import DoRA
+from .methods.dylora import DyLoRA, set_dylora_rank
 from .methods.eigenlora import EigenLoRA
 from .methods.fusion import Fusion
+from .methods.hydra import Hydra
 from .methods.ia3 import IA3
+from .methods.invertible import InvertibleAdapter
 from .methods.lora import LoRA
+from .methods.pissa import pissa_as_lora, save_pissa_as_lora
 from .methods.prefix import PrefixTuning
 from .methods.prompt import PromptTuning
+from .methods.shira import SHiRA
+from .methods.sparse_adapter import SparseAdapter, snip_prune
+from .methods.union import MAM, MethodUnion, UniPELT
 from .methods.vera import VeRA
 from .operations import CombineError, CombineReport
 from .quantization import QuantizeReport, quantize
 from .subspace import SubspaceReport, principal_subspace
 
 __all__ = [
-    "IA3", "LAYOUTS", "ROLES", "AdapterBias", "AdapterError", "AdapterKit", "AdapterNameError",
+    "IA3", "LAYOUTS", "MAM", "ROLES", "AdapterBias", "AdapterError", "AdapterKit", "AdapterNameError",
     "Average", "BatchSplit", "Bottleneck", "CombineError", "CombineReport", "Compacter",
-    "CompositionError", "ConfigError", "DoRA", "EigenLoRA", "ExtractionReport", "Fuse",
-    "Fusion", "Layout", "LoRA", "LoadError", "NotMergeableError", "Parallel", "PrefixTuning",
-    "PromptTuning", "QuantizeReport", "Route", "Split", "Stack", "SubspaceReport",
-    "TargetError", "VeRA", "__version__", "extract_lora", "methods", "principal_subspace",
-    "quantize",
+    "CompositionError", "ConfigError", "DoRA", "DyLoRA", "EigenLoRA", "ExtractionReport", "Fuse",
+    "Fusion", "Hydra", "InvertibleAdapter", "Layout", "LoRA", "LoadError", "MethodUnion",
+    "NotMergeableError", "Parallel", "PrefixTuning",
+    "PromptTuning", "QuantizeReport", "Route", "SHiRA", "SparseAdapter", "Split", "Stack", "SubspaceReport",
+    "TargetError", "UniPELT", "VeRA",
+    "__version__", "extract_lora", "methods", "pissa_as_lora", "principal_subspace",
+    "quantize", "save_pissa_as_lora", "set_dylora_rank", "snip_prune",
 ]

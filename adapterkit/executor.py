@@ -128,11 +128,13 @@ class Executor:
         if input_path is not None:
             module.tap = self._tap(input_path)
         slot.changed()
+        module.attached(host)
 
     def detach(self, name: str, host_path: str) -> None:
         host = self.model.get_submodule(host_path)
         slot = host._modules[SLOT]
         module = slot[name]
+        module.detached(host)
         del slot[name]
         if module.tap is not None:
             self._untap(module.tap)

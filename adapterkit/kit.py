@@ -191,10 +191,10 @@ class AdapterKit(Compositions):
         """Fold adapter ``name`` into the base weights (weight-delta methods only)."""
         record = self.record(name)
         if not record.spec.mergeable:
+            why = record.spec.merge_note or f"a {record.spec.kind.value} method with no weight delta"
             raise NotMergeableError(
-                f"adapter {name!r} uses {record.spec.name}, a {record.spec.kind.value} method "
-                "with no weight delta: it cannot be merged; mergeable methods: "
-                "those with kind weight_delta (see adapterkit.methods())"
+                f"adapter {name!r} uses {record.spec.name}, {why}: it cannot be merged; "
+                "mergeable methods: those with kind weight_delta (see adapterkit.methods())"
             )
         if record.merged:
             return

@@ -21,10 +21,15 @@ class MethodCase:
     train_ratio: float = 0.5  # final / first loss after 30 steps on the reachable toy task
     families: tuple[str, ...] | None = None  # the tiny models the method supports; None: all
     prepends: int = 0  # positions a prompt puts in front of every sequence output
+    #: identity at init up to this absolute error (0: bit exact), for methods that rewrite the
+    #: base weights at init (PiSSA's residual base plus its principal part: float rounding)
+    init_tol: float = 0.0
 
 
 #: the families prompt and prefix tuning support (text models taking inputs_embeds and a Cache)
 TEXT = ("bert", "roberta", "xlm-roberta", "gpt2", "llama", "mistral", "qwen2", "qwen3")
+#: the families with one word embedding (nn.Embedding) under their layout's embed role
+WORD_EMBEDDINGS = (*TEXT, "clip", "whisper")
 
 
 def _lora(**kw: Any) -> Callable[[str], Any]:
@@ -95,4 +100,43 @@ METHOD_CASES: tuple[MethodCase, ...] = (
     MethodCase("prefix-reparam", lambda f: ak.PrefixTuning(num_tokens=3, reparameterize=True,
                                                            hidden=8),
                identity_at_init=False, families=TEXT),
+    MethodCase("shira-qv", lambda f: ak.SHiRA(
+        r=2, random_seed=0, targets=MODELS[f].lora_targets or ("attn.q", "attn.v"))),
+    MethodCase("shira-magnitude-all-linear", lambda f: ak.SHiRA(
+        fraction=0.05, mask_type="magnitude", targets=MODELS[f].lora_targets or ("all-linear",))),
+    # SparseAdapter's weights start N(0, 0.02^2), as in the paper's code: not the identity
+    MethodCase("sparse-adapter-magnitude", _residual(
+        ak.SparseAdapter, reduction=4, placement="both", sparsity=0.5, criterion="magnitude"),
+        identity_at_init=False),
+    MethodCase("sparse-adapter-random-layer-parallel", _residual(
+        ak.SparseAdapter, reduction=4, mode="parallel", sparsity=0.8, criterion="random",
+        scope="layer", seed=3), identity_at_init=False),
+    MethodCase("invertible-nice", lambda f: ak.InvertibleAdapter(), families=WORD_EMBEDDINGS),
+    MethodCase("invertible-glow-gelu", lambda f: ak.InvertibleAdapter(
+        coupling="glow", reduction=4, non_linearity="gelu"), families=WORD_EMBEDDINGS),
+    MethodCase("hydra", lambda f: ak.Hydra(
+        r=4, alpha=8, targets=MODELS[f].lora_targets or ("attn.out", "ffn.out"))),
+    MethodCase("hydra-qv-dropout-rseq", lambda f: ak.Hydra(
+        r=2, r_sequential=4, alpha=4, dropout=0.1,
+        targets=MODELS[f].lora_targets or ("attn.q", "attn.v"))),
+    # DyLoRA trains at random ranks in [min_rank, r] while the toy target is drawn at the
+    # inference rank: ranks far below it cannot reach it, so the ranges are kept narrow
+    MethodCase("dylora-qv-r2", lambda f: ak.DyLoRA(
+        r=2, alpha=4, targets=MODELS[f].lora_targets or ("attn.q", "attn.v"))),
+    MethodCase("dylora-ffn-dropout-min2-rank3", lambda f: ak.DyLoRA(
+        r=4, alpha=4, dropout=0.1, min_rank=2, rank=3,
+        targets=MODELS[f].lora_targets or ("ffn.in", "ffn.out"))),
+    MethodCase("lora-pissa-qv", _lora(r=4, alpha=8, init="pissa"), init_tol=1e-5),
+    MethodCase("lora-pissa-niter-all-linear-rslora", lambda f: ak.LoRA(
+        r=2, alpha=4, use_rslora=True, init="pissa_niter_2",
+        targets=MODELS[f].lora_targets or ("all-linear",)), init_tol=1e-5),
+    # method unions; the prefix starts random (N(0, 1)) as in the prefix rows
+    MethodCase("union-lora-ia3", lambda f: ak.MethodUnion((
+        ak.LoRA(r=4, alpha=8, targets=MODELS[f].lora_targets or ("attn.q", "attn.v")),
+        ak.IA3(targets=MODELS[f].lora_targets or ("attn.k", "attn.v", "ffn.out"),
+               feedforward=(MODELS[f].lora_targets or ("ffn.out",))[-1:])))),
+    MethodCase("mam", lambda f: ak.MAM(num_tokens=3, reduction=4), identity_at_init=False,
+               families=TEXT, train_ratio=0.9),
+    MethodCase("unipelt-gated", lambda f: ak.UniPELT(r=4, alpha=8, num_tokens=3, reduction=4),
+               identity_at_init=False, families=TEXT, train_ratio=0.9),
 )

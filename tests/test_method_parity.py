@@ -174,3 +174,109 @@ def test_vera_matches_peft(family: str, key: int) -> None:
     _copy(kit, theirs, {"lambda_d": "vera_lambda_d.default", "lambda_b": "vera_lambda_b.default"})
     a, b = _outputs(family, ours, theirs)
     _check(a, b, f"vera {family} key={key}")
+
+
+# -- SHiRA -------------------------------------------------------------------------------------
+#: PEFT's SHiRA takes nn.Linear only (no GPT-2 Conv1D), sizes masks by r only (our ``fraction``
+#: has no PEFT counterpart) and knows only the random mask; the magnitude mask goes in through
+#: its ``mask_fn`` hook, written here independently of ours
+SHIRA_FAMILIES = ("llama", "bert")
+
+
+def _magnitude_mask(base_layer: nn.Module, r: int, **kwargs: Any) -> torch.Tensor:
+    """PEFT ``mask_fn``: 1 at the ``r * (in + out)`` entries of largest ``|W|``, else 0."""
+    w = base_layer.weight
+    k = r * (w.shape[0] + w.shape[1])
+    mask = torch.zeros(w.numel(), dtype=w.dtype, device=w.device)
+    mask[w.detach().abs().flatten().argsort(descending=True)[:k]] = 1
+    return mask.view_as(w)
+
+
+@pytest.mark.filterwarnings("ignore:Argument self.mask_type:UserWarning")
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
+@pytest.mark.parametrize("family", SHIRA_FAMILIES)
+@pytest.mark.parametrize(("mask_type", "seed"), [("random", None), ("random", 7), ("magnitude", None)])
+def test_shira_matches_peft(family: str, mask_type: str, seed: int | None) -> None:
+    peft_config = peft.ShiraConfig(r=2, target_modules=QV[family], random_seed=seed,
+                                   mask_type=mask_type)
+    if mask_type == "magnitude":
+        peft_config.mask_fn = _magnitude_mask
+    ours, kit, theirs = _pair(family, ak.SHiRA(r=2, mask_type=mask_type, random_seed=seed),
+                              peft_config)
+    # the same mask: PEFT's (2, k) row and column indices against our sorted flat indices
+    for host, module in kit.record("a").modules.items():
+        rows, cols = theirs.base_model.model.get_submodule(host).shira_indices["default"].long()
+        assert torch.equal(rows * module.shape[1] + cols, module.shira_indices)
+    _randomise(theirs, lambda k, p, g: 0.5 * torch.randn(p.shape, generator=g))
+    _copy(kit, theirs, {"shira_weight": "shira_weight.default"})
+    a, b = _outputs(family, ours, theirs)
+    _check(a, b, f"shira {family} {mask_type} seed={seed}")
+    kit.merge("a")
+    theirs.merge_adapter()
+    _check(*_outputs(family, ours, theirs), f"shira merged {family} {mask_type} seed={seed}")
+
+
+# -- PiSSA -------------------------------------------------------------------------------------
+def _pissa_pair(family: str, rslora: bool = False) -> tuple[nn.Module, ak.AdapterKit, Any]:
+    return _pair(family, ak.LoRA(r=4, alpha=8, init="pissa", use_rslora=rslora), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=QV[family], init_lora_weights="pissa",
+        use_rslora=rslora))
+
+
+def _lora_weights(key: str, p: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return p + 0.3 * torch.randn(p.shape, generator=g)
+
+
+_LORA_KEYS = {"lora_A": "lora_A.default.weight", "lora_B": "lora_B.default.weight"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("rslora", [False, True])
+def test_pissa_matches_peft(family: str, rslora: bool) -> None:
+    """The same factors and residual base weights from the same base, and the same outputs at
+    init (the base model's, up to rounding) and with trained factors."""
+    ours, kit, theirs = _pissa_pair(family, rslora)
+    sd = theirs.state_dict()
+    for host, module in kit.record("a").modules.items():
+        for name, key in _LORA_KEYS.items():
+            _check(getattr(module, name), sd[f"{PREFIX}{host}.{key}"], f"pissa {family} {host} {name}")
+        residual = sd[f"{PREFIX}{host}.base_layer.weight"]
+        assert not torch.allclose(residual, build(family).get_submodule(host).weight)
+        _check(ours.get_submodule(host).weight, residual, f"pissa {family} {host} residual")
+    x = inputs_for(family)
+    a, b = run(ours, family, x), run(theirs.base_model.model, family, x)
+    _check(a, b, f"pissa {family} at init")
+    _check(a, run(build(family), family, x), f"pissa {family} at init vs the base model")
+    _randomise(theirs, _lora_weights)
+    _copy(kit, theirs, _LORA_KEYS)
+    _check(*_outputs(family, ours, theirs), f"pissa {family} trained")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pissa_to_lora_matches_peft_conversion(family: str, tmp_path) -> None:
+    """``save_pissa_as_lora(format="peft")`` writes the tensors and scale of PEFT's
+    ``save_pretrained(path_initial_model_for_weight_conversion=...)``, and PEFT loads it onto the
+    original base to the outputs of the PiSSA adapter on its residual base."""
+    from safetensors.torch import load_file
+
+    ours, kit, theirs = _pissa_pair(family)
+    theirs.peft_config["default"].init_lora_weights = True  # PEFT's recipe: save the init as LoRA
+    theirs.save_pretrained(tmp_path / "init")
+    theirs.peft_config["default"].init_lora_weights = "pissa"
+    _randomise(theirs, _lora_weights)
+    _copy(kit, theirs, _LORA_KEYS)
+    with pytest.warns(UserWarning, match="PiSSA changes the base weights"):
+        theirs.save_pretrained(tmp_path / "peft", path_initial_model_for_weight_conversion=str(
+            tmp_path / "init"))
+    ak.save_pissa_as_lora(kit, "a", tmp_path / "ours", format="peft")
+    want, got = load_file(tmp_path / "peft" / "adapter_model.safetensors"), load_file(
+        tmp_path / "ours" / "adapter_model.safetensors")
+    assert set(got) == set(want)
+    for key in want:
+        assert got[key].shape[:2] in ((8, want[key].shape[1]), (want[key].shape[0], 8))
+        _check(got[key], want[key], f"pissa->lora {family} {key}")
+    cfg = peft.PeftConfig.from_pretrained(tmp_path / "ours")
+    assert (cfg.r, cfg.lora_alpha, cfg.init_lora_weights) == (8, 16, True)
+    loaded = peft.PeftModel.from_pretrained(build(family), tmp_path / "ours")
+    x = inputs_for(family)
+    _check(run(loaded.base_model.model, family, x), run(ours, family, x), f"pissa->lora {family}")

@@ -219,8 +219,8 @@ def test_not_mergeable_and_only_flat_compositions() -> None:
         kit.activate(["p", "q"])
     with pytest.raises(ak.CompositionError, match="plain name or in a Stack"):
         kit.activate(ak.Average("p", "l"))
-    with pytest.raises(ak.CompositionError, match="routing"):
-        kit.activate(ak.Route(["p", "l"]))
+    with pytest.raises(ak.CompositionError, match="several prompt/prefix adapters"):
+        kit.activate(ak.Route([ak.Stack("p", "q"), "l"]))  # per-row routing: see test_route_inputs
     kit.activate(["l", "q"])  # a LoRA and a prefix together
     perturb(kit, "l")
     perturb(kit, "q", seed=3)

@@ -3,11 +3,14 @@ kernel (dense slots, gathered weights, the generic loop), method, model family a
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import adapterkit as ak
 from adapterkit.compose.kernels import choose
+from adapterkit.methods import _REGISTRY, get_method
 
 from .helpers import perturb
 from .models import MODELS, V, build, run
@@ -108,6 +111,39 @@ def test_mixed_methods_route_equals_each_example_alone(family: str) -> None:
     torch.testing.assert_close(got, want, **TOL)
 
 
+def _generic(kind: str, i: int, family: str):
+    """Two adapters of each method whose routing runs the generic loop (``delta`` on each
+    adapter's rows), on the targets the method supports on ``family``."""
+    from .basis import basis_for
+
+    qv = ("attn.q", "attn.v")
+    return {
+        "dora": lambda: ak.DoRA(r=2 + i, alpha=4, targets=qv),
+        "vera": lambda: ak.VeRA(r=4, targets=qv, projection_prng_key=i),
+        "eigenlora": lambda: ak.EigenLoRA(basis=basis_for(family), k=4, r=2, alpha=4 + i),
+        "compacter": lambda: ak.Compacter(reduction=4, placement="ffn" if i else "both",
+                                          plus_plus=bool(i)),
+        "adapterbias": lambda: ak.AdapterBias(placement="both" if i else "ffn"),
+    }[kind]()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["dora", "vera", "eigenlora", "compacter", "adapterbias"])
+def test_generic_route_equals_each_example_alone(family: str, kind: str) -> None:
+    """Methods routed by the generic loop: two adapters of the method, a LoRA, a Stack of the
+    method and the LoRA, and base rows in one batch, each row as alone."""
+    model, kit = _kit(family, {"m0": _generic(kind, 0, family), "m1": _generic(kind, 1, family),
+                               "l": ak.LoRA(r=2)})
+    ids = ["m1", "__base__", "m0", "l", ak.Stack("m0", "l"), "m1"]
+    batch = _batch(family, n=len(ids))
+    want = _alone(model, kit, family, batch, ids)
+    for i in (0, 2):  # the method's rows differ from the base row
+        assert (want[i] - want[1]).abs().max() > 1e-3
+    with kit.route(ids):
+        got = run(model, family, batch)
+    torch.testing.assert_close(got, want, **TOL)
+
+
 def test_route_over_compositions_and_repeated_rows() -> None:
     family = "bert"
     model, kit = _kit(family, {**LORAS, "bn": ak.Bottleneck(reduction=4)})
@@ -191,13 +227,18 @@ def test_route_trains_each_row_with_its_adapter() -> None:
         torch.testing.assert_close(g2, g3, **TOL)
 
 
-def test_strategy_choice_and_route_errors() -> None:
+def test_strategy_choice_and_route_errors(monkeypatch) -> None:
     assert choose(32, 64, 8) == "gather"  # encoder batch, many adapters
     assert choose(2, 64, 4) == "dense"
     assert choose(8, 1, 8) == "gather"  # one-token decoding
+    # a method whose spec says routable=False (the registry entry swapped for this test only)
+    monkeypatch.setitem(_REGISTRY, "dora", dataclasses.replace(get_method("dora"), routable=False))
     model, kit = _kit("bert", {"a": ak.LoRA(r=2), "d": ak.DoRA(r=2)})
     with pytest.raises(ak.CompositionError, match=r"\['dora'\] do not support per-example"):
         kit.activate(ak.Route(["a", "d"]))
+    with pytest.raises(ak.CompositionError, match=r"\['dora'\] do not support per-example"):
+        kit.activate(ak.Route([ak.Stack("a", "d"), "__base__"]))
+    assert kit.composition is None
     with pytest.raises(ak.CompositionError, match="unknown route strategy"):
         kit.activate(ak.Route(["a", "__base__"]), strategy="fast")
     with pytest.raises(ak.AdapterNameError, match="no adapter named 'zz'"):

@@ -36,6 +36,8 @@ class Compositions:
     def route(self, ids: Sequence[Child], strategy: str | None = None) -> Iterator[None]:
         """Inside the block, example ``b`` of every batch runs ``ids[b]`` (an adapter name,
         ``"__base__"`` or a composition); the previous composition comes back afterwards.
+        Prompt and prefix adapters route too; a prompt changes the rows' sequence layout (see
+        ``compose/route_inputs.py`` and docs/composition.md).
 
         ``strategy`` forces a LoRA kernel: ``"dense"`` slots, ``"gather"``ed weights, the
         generic ``"loop"``, or ``"auto"`` (default: by K, tokens per row and rank)."""

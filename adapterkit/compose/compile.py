@@ -4,7 +4,7 @@ adapters: unknown names, fusion layers, merged adapters, methods that cannot be 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..composition import (
     BASE,
@@ -20,10 +20,12 @@ from ..composition import (
     Stack,
     walk,
 )
-from ..methods.base import AdapterModule, MethodKind
+from ..methods.base import MethodKind
+from ..methods.inputs import InputAdapterModule
 from .kernels import STRATEGIES
 from .nodes import AverageNode, BatchSplitNode, FuseNode, Identity, Leaf, Node, SplitNode, StackNode
 from .route import RouteNode
+from .route_inputs import route_inputs
 
 if TYPE_CHECKING:
     from ..kit import AdapterKit
@@ -38,9 +40,9 @@ class Plan:
     root: Node | None
     names: tuple[str, ...]
     replicas: int = 1
-    #: the active input-level adapter modules (prompt, prefix), run by the executor's top-level
-    #: pre-hook rather than at hosts
-    inputs: tuple[AdapterModule, ...] = ()
+    #: what the executor's top-level pre-hook runs (objects with ``prepare(model, kwargs)``): the
+    #: active input-level adapter modules (prompt, prefix), or a Route's ``RoutedInputs``
+    inputs: tuple[Any, ...] = ()
 
     @property
     def flat(self) -> bool:
@@ -90,19 +92,25 @@ def _check_routable(kit: AdapterKit, route: Route) -> None:
 INPUT_KINDS = (MethodKind.PROMPT, MethodKind.PREFIX)
 
 
-def _input_modules(kit: AdapterKit, plan: Plan) -> tuple[AdapterModule, ...]:
-    """The modules of the input-level adapters in ``plan``: they change the model's inputs, so
-    they may only be a plain name or in a Stack of names, one at a time."""
-    found = [n for n in plan.names if kit.record(n).spec.kind in INPUT_KINDS]
+def _input_modules(kit: AdapterKit, plan: Plan) -> tuple[Any, ...]:
+    """The input-level modules (found by type: a method union holds one beside its host modules)
+    of the adapters in ``plan``: they change the model's inputs, so they may only be a plain name
+    or in a Stack of names, one adapter at a time, or a Route's entries (one per row, see
+    ``route_inputs``)."""
+    found = {n: mods for n in plan.names if (mods := tuple(
+        m for m in kit.record(n).modules.values() if isinstance(m, InputAdapterModule)))}
     if not found:
         return ()
+    if isinstance(plan.composition, Route):
+        return route_inputs(kit, plan.composition, found)
     if not plan.flat:
         raise CompositionError(
-            f"{found} are prompt/prefix adapters: they change the model's inputs for every row, "
-            "so they run only as a plain name or in a Stack of names")
+            f"{list(found)} are prompt/prefix adapters: they change the model's inputs for every "
+            "row, so they run only as a plain name or in a Stack of names")
     if len(found) > 1:
-        raise CompositionError(f"only one prompt/prefix adapter can be active at a time, got {found}")
-    return tuple(kit.record(found[0]).modules.values())
+        raise CompositionError(
+            f"only one prompt/prefix adapter can be active at a time, got {list(found)}")
+    return next(iter(found.values()))
 
 
 def compile_plan(kit: AdapterKit, comp: Composition | None, strategy: str | None = None) -> Plan:
@@ -152,20 +160,24 @@ def _build(kit: AdapterKit, comp: Composition, strategy: str | None) -> Node:
 
 
 def _build_route(kit: AdapterKit, route: Route, strategy: str | None) -> Node:
+    """The route at the hosts: entries that change nothing there (prompt/prefix adapters, which
+    the input pre-hook runs) count as ``__base__``; an entry that is one adapter there (a name,
+    or a Stack of a prompt/prefix adapter and one name) runs as that name, so rows of equal
+    methods share a batched kernel."""
     entries: list[Composition] = []
+    nodes: list[str | Node] = []
     index: dict[Composition, int] = {}
     rows = []
     for entry in route.children:
-        if entry == BASE:
-            rows.append(-1)
-            continue
-        if entry not in index:
-            index[entry] = len(entries)
-            entries.append(entry)
-        rows.append(index[entry])
+        if entry != BASE and entry not in index:
+            node = _build(kit, entry, strategy)
+            index[entry] = -1 if isinstance(node, Identity) else len(entries)
+            if not isinstance(node, Identity):
+                entries.append(entry)
+                nodes.append(node.name if isinstance(node, Leaf) else node)
+        rows.append(-1 if entry == BASE else index[entry])
     if not entries:
         return Identity()
     if len(entries) == 1 and -1 not in rows:  # one adapter for the whole batch: as activate
         return _build(kit, entries[0], strategy)
-    nodes = [e if isinstance(e, str) else _build(kit, e, strategy) for e in entries]
     return RouteNode(entries, nodes, rows, None if strategy == "auto" else strategy)

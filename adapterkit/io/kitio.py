@@ -52,7 +52,13 @@ def adapter_tensors(kit: AdapterKit, record: AdapterRecord) -> dict[str, torch.T
 
 
 def save_adapter(kit: AdapterKit, name: str, directory: str | os.PathLike, format: str) -> None:
-    record = kit.record(name)
+    save_record(kit, kit.record(name), directory, format)
+
+
+def save_record(kit: AdapterKit, record: AdapterRecord, directory: str | os.PathLike,
+                format: str) -> None:
+    """Write ``record``, which need not be attached (a converted copy of an adapter)."""
+    name = record.name
     if format == "peft":
         from .peft import save_peft
 

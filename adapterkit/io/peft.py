@@ -227,6 +227,12 @@ def _check_exportable(kit: AdapterKit, record: AdapterRecord) -> None:
             "PEFT LoRA, IA3, prompt-tuning and prefix-tuning checkpoints, which hold LoRA (with "
             "rsLoRA), DoRA, IA3, PromptTuning and PrefixTuning adapters only"
         )
+    if str(getattr(record.config, "init", "")).startswith("pissa"):
+        raise PeftExportError(
+            f"adapter {record.name!r} is a PiSSA adapter, which needs its residual base weights; "
+            "save it with adapterkit.save_pissa_as_lora(kit, name, directory, format='peft'), a "
+            "plain LoRA for the original base"
+        )
     if getattr(record.config, "rank_pattern", ()):
         raise PeftExportError(
             f"adapter {record.name!r} has per-site ranks (rank_pattern), which format='peft' "

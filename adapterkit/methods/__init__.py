@@ -12,7 +12,8 @@ from .base import AdapterModule, MethodKind, MethodSpec, Site, Tap
 _REGISTRY: dict[str, MethodSpec] = {}
 _BY_CLASS: dict[type, str] = {}
 _BUILTIN = ("lora", "bottleneck", "ia3", "dora", "vera", "fusion", "eigenlora", "prompt", "prefix",
-            "adapterbias", "compacter")
+            "adapterbias", "compacter", "dylora", "invertible", "hydra",
+            "shira", "sparse_adapter", "union")
 
 
 def register(spec: MethodSpec) -> MethodSpec:
@@ -44,7 +45,8 @@ def spec_of(config: Any) -> MethodSpec:
             f"{type(config).__name__} is not a registered method config; "
             f"registered: {sorted(c.__name__ for c in _BY_CLASS)}"
         )
-    return _REGISTRY[name]
+    spec = _REGISTRY[name]
+    return spec.specialize(config) if spec.specialize is not None else spec
 
 
 def method_name_of(config: Any) -> str:

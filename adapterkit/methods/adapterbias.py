@@ -79,7 +79,7 @@ def _build(config: AdapterBias, site: Site, finder: SiteFinder) -> AdapterBiasMo
 
 
 register(MethodSpec(
-    name="adapterbias", config_cls=AdapterBias, kind=MethodKind.RESIDUAL, mergeable=False,
+    name="adapterbias", config_cls=AdapterBias, kind=MethodKind.RESIDUAL, mergeable=False, routable=True,
     find_sites=_find_sites, build=_build, paper="Fu et al. 2022, arXiv:2205.00305",
     sites_used="sublayer outputs (attn.out, ffn.out) or targets",
 ))

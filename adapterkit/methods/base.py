@@ -108,6 +108,13 @@ class AdapterModule(nn.Module):
         """The change to ``base.bias`` that merging adds with ``delta_weight``; None: no change."""
         return None
 
+    def attached(self, host: nn.Module) -> None:
+        """Called once the module sits in its host's slot. A method that rewrites its host's
+        weights (PiSSA's residual base) does it here, never while its modules are planned."""
+
+    def detached(self, host: nn.Module) -> None:
+        """Called when the module leaves its host's slot: undoes what ``attached`` did."""
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -123,3 +130,8 @@ class MethodSpec:
     sites_used: str
     routable: bool = False  # set once the method runs under per-example Route
     generate: bool = True
+    #: for a method whose kind and capabilities depend on its config (a method union): the spec
+    #: of one config, which ``spec_of`` gives (None: this spec serves every config)
+    specialize: Callable[[Any], MethodSpec] | None = None
+    #: why a config of this method cannot be merged, for ``kit.merge``'s error ("": the kind)
+    merge_note: str = ""

@@ -117,15 +117,21 @@ def _find_sites(config: Bottleneck, finder: SiteFinder) -> list[Site]:
     return sites
 
 
-def _build(config: Bottleneck, site: Site, finder: SiteFinder) -> BottleneckModule:
+def bottleneck_shape(config: Any, site: Site, finder: SiteFinder) -> tuple[int, int, int]:
+    """(in, out, width) of a bottleneck-shaped module at ``site``: a series adapter reads the
+    host output, a parallel one the host's (or the tapped module's) input."""
     host = finder.module(site.host)
     n_out = features_of(host)[1]
     if config.mode == "series":
         n_in = n_out
     else:
         n_in = features_of(finder.module(site.input) if site.input else host)[0]
-    width = max(1, int(n_in // config.reduction))
-    module = BottleneckModule(n_in, n_out, width, config, host.weight)
+    return n_in, n_out, max(1, int(n_in // config.reduction))
+
+
+def _build(config: Bottleneck, site: Site, finder: SiteFinder) -> BottleneckModule:
+    host = finder.module(site.host)
+    module = BottleneckModule(*bottleneck_shape(config, site, finder), config, host.weight)
     if site.norm is not None:
         object.__setattr__(module, "orig_norm", finder.module(site.norm))
     return module

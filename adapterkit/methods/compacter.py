@@ -160,7 +160,7 @@ def _build(config: Compacter, site: Site, finder: SiteFinder) -> CompacterModule
 
 
 register(MethodSpec(
-    name="compacter", config_cls=Compacter, kind=MethodKind.RESIDUAL, mergeable=False,
+    name="compacter", config_cls=Compacter, kind=MethodKind.RESIDUAL, mergeable=False, routable=True,
     find_sites=_find_sites, build=_build, paper="Mahabadi et al. 2021, arXiv:2106.04647",
     sites_used="sublayer outputs (attn.out, ffn.out) or targets",
 ))

@@ -115,7 +115,7 @@ def _build(config: DoRA, site: Site, finder: SiteFinder) -> DoRAModule:
 
 
 register(MethodSpec(
-    name="dora", config_cls=DoRA, kind=MethodKind.WEIGHT_DELTA, mergeable=True,
+    name="dora", config_cls=DoRA, kind=MethodKind.WEIGHT_DELTA, mergeable=True, routable=True,
     find_sites=_find_sites, build=_build, paper="Liu et al. 2024, arXiv:2402.09353",
     sites_used="Linear, Conv1D (targets)",
 ))

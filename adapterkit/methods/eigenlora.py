@@ -155,7 +155,7 @@ def _build(config: EigenLoRA, site: Site, finder: SiteFinder) -> EigenLoRAModule
 
 
 register(MethodSpec(
-    name="eigenlora", config_cls=EigenLoRA, kind=MethodKind.WEIGHT_DELTA, mergeable=True,
+    name="eigenlora", config_cls=EigenLoRA, kind=MethodKind.WEIGHT_DELTA, mergeable=True, routable=True,
     find_sites=_find_sites, build=_build, paper="Kaushik et al. 2025, arXiv:2502.04700",
     sites_used="Linear, Conv1D (sites of the basis, or targets)",
 ))

@@ -40,6 +40,11 @@ class InputAdapterModule(AdapterModule):
         """The top-level forward's keyword arguments with this adapter's tokens added."""
         raise NotImplementedError
 
+    def table(self) -> torch.Tensor:
+        """The adapter's tokens, (num_tokens, width): prompt embeddings or per-layer prefixes
+        (per-example routing stacks these tables)."""
+        raise NotImplementedError
+
 
 class InputPreHook:
     """Forward pre-hook (with kwargs) of the top-level model running the active input-level
@@ -86,16 +91,22 @@ def cache_is_empty(past: Any) -> bool:
     raise AdapterError(f"past_key_values must be a transformers Cache, got {type(past).__name__}")
 
 
+def check_mask(mask: Any) -> torch.Tensor:
+    """``mask`` if it is a 2D (batch, length) tensor; AdapterError otherwise."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        raise AdapterError(
+            "prompt and prefix tuning need a 2D attention_mask (batch, length) or none; "
+            f"got {getattr(mask, 'shape', type(mask).__name__)} (static caches and 4D masks "
+            "are not supported)")
+    return mask
+
+
 def grow(kwargs: dict[str, Any], n: int) -> dict[str, Any]:
     """``attention_mask`` gets ``n`` leading ones (the new tokens are attended) and
     ``position_ids`` move ``n`` on, as PEFT does; other arguments are kept."""
     mask = kwargs.get("attention_mask")
     if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
-            raise AdapterError(
-                "prompt and prefix tuning need a 2D attention_mask (batch, length) or none; "
-                f"got {getattr(mask, 'shape', type(mask).__name__)} (static caches and 4D masks "
-                "are not supported)")
+        mask = check_mask(mask)
         ones = mask.new_ones(mask.shape[0], n)
         kwargs["attention_mask"] = torch.cat([ones, mask], 1)
     pos = kwargs.get("position_ids")

@@ -2,7 +2,8 @@
 
 Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models" (arXiv:2106.09685).
 rsLoRA scaling: Kalajdzievski, 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with
-LoRA" (arXiv:2312.03732).
+LoRA" (arXiv:2312.03732). ``init="pissa"``: Meng et al., 2024, "PiSSA: Principal Singular Values and
+Singular Vectors Adaptation of Large Language Models" (arXiv:2404.02948), in :mod:`.pissa`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class LoRA:
     ``rank_pattern`` gives some sites another rank (as PEFT's ``rank_pattern``): pairs
     ``(pattern, rank)``, the first whose pattern equals the site path, ends it after a ``.``, or
     fully matches it as a regular expression wins; such a site's scale is ``alpha / rank``.
+
+    ``init``: ``"default"`` (A Kaiming-uniform, B zero), ``"gaussian"`` (A normal with std
+    ``1/r``), ``"zeros"``, or PiSSA: ``"pissa"`` (A and B from the top-r SVD of the host's
+    weight, which is replaced by the residual while the adapter is attached; Linear and Conv1D
+    hosts only) and ``"pissa_niter_<k>"`` (the same from a randomised SVD with ``k`` subspace
+    iterations). See :mod:`adapterkit.methods.pissa`.
     """
 
     r: int = 8
@@ -74,7 +81,9 @@ class LoRA:
         check_positive("LoRA", "alpha", self.alpha)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"LoRA.dropout must be in [0, 1), got {self.dropout!r}")
-        check_choice("LoRA", "init", self.init, ("default", "gaussian", "zeros"))
+        if not is_pissa(self.init):
+            check_choice("LoRA", "init", self.init,
+                         ("default", "gaussian", "zeros", "pissa", "pissa_niter_<k>"))
         object.__setattr__(self, "targets", _as_targets(self.targets))
         object.__setattr__(self, "rank_pattern", _as_rank_pattern(self.rank_pattern))
 
@@ -127,9 +136,11 @@ class LoRAModule(AdapterModule):
             else:
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
-    def _low_rank(self, x: torch.Tensor, base: nn.Module, drop: bool = True) -> torch.Tensor:
-        """``B @ A`` applied to ``x`` (after dropout unless ``drop=False``), unscaled."""
-        a, b = self.lora_A, self.lora_B
+    def _low_rank(self, x: torch.Tensor, base: nn.Module, drop: bool = True,
+                  factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``B @ A`` applied to ``x`` (after dropout unless ``drop=False``), unscaled;
+        ``factors``: another ``(A, B)`` pair in the layout of ``lora_A``, ``lora_B``."""
+        a, b = factors if factors is not None else (self.lora_A, self.lora_B)
         if isinstance(base, nn.Embedding):
             t = F.embedding(x, a.t(), base.padding_idx, base.max_norm, base.norm_type,
                             base.scale_grad_by_freq, base.sparse)
@@ -158,29 +169,47 @@ class LoRAModule(AdapterModule):
         return lora_route(modules, rows, h, xs, base, cache, strategy)
 
     def delta_weight(self, base: nn.Module) -> torch.Tensor:
-        a, b = self.lora_A, self.lora_B
-        if isinstance(base, nn.Conv2d):
-            # (out, r) @ (r, in*kh*kw) -> (out, in, kh, kw)
-            return (b @ a.flatten(1)).view(base.weight.shape) * self.scale
-        dw = (b @ a) * self.scale  # (out, in)
-        if is_conv1d(base) or isinstance(base, nn.Embedding):
-            return dw.t()  # stored as (in, out) / (num_embeddings, dim)
-        return dw
+        return low_rank_weight(self.lora_A, self.lora_B, self.scale, base)
+
+
+def low_rank_weight(a: torch.Tensor, b: torch.Tensor, scale: float, base: nn.Module) -> torch.Tensor:
+    """``scale * B @ A`` in the layout of ``base.weight`` (``a``, ``b`` as ``lora_A``, ``lora_B``)."""
+    if isinstance(base, nn.Conv2d):
+        # (out, r) @ (r, in*kh*kw) -> (out, in, kh, kw)
+        return (b @ a.flatten(1)).view(base.weight.shape) * scale
+    dw = (b @ a) * scale  # (out, in)
+    if is_conv1d(base) or isinstance(base, nn.Embedding):
+        return dw.t()  # stored as (in, out) / (num_embeddings, dim)
+    return dw
 
 
 def lora_supports(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)) or is_conv1d(module)
 
 
+def is_pissa(init: object) -> bool:
+    """``"pissa"`` or ``"pissa_niter_<k>"`` (k a non-negative integer)."""
+    return isinstance(init, str) and re.fullmatch(r"pissa(_niter_\d+)?", init) is not None
+
+
 def _find_sites(config: LoRA, finder: SiteFinder) -> list[Site]:
     paths = finder.paths(config.targets)
     finder.check_types(paths, lora_supports, "Linear, Conv1D, Conv2d and Embedding", "LoRA")
+    if is_pissa(config.init):
+        from .pissa import check_pissa_sites
+
+        check_pissa_sites(config, finder, paths)
     return [Site(host=p) for p in paths]
 
 
 def _build(config: LoRA, site: Site, finder: SiteFinder) -> LoRAModule:
-    return LoRAModule(finder.module(site.host), config.rank_for(site.host),
-                      config.scale_for(site.host), config.dropout, config.init)
+    base = finder.module(site.host)
+    r, scale = config.rank_for(site.host), config.scale_for(site.host)
+    if is_pissa(config.init):
+        from .pissa import PiSSAModule
+
+        return PiSSAModule(base, r, scale, config.dropout, config.init)
+    return LoRAModule(base, r, scale, config.dropout, config.init)
 
 
 register(MethodSpec(

@@ -53,6 +53,23 @@ def kv_shape(model: nn.Module) -> tuple[int, int, int]:
     return int(cfg.num_hidden_layers), kv_heads, head_dim
 
 
+def fill_cache(model: nn.Module, cache: Any, rows: torch.Tensor) -> Any:
+    """``cache`` (a new ``DynamicCache`` when None) holding row i's prefix table ``rows[i]``
+    ((N, P, 2 * L * K * d), the layout of ``PrefixModule.table``) at every layer."""
+    if cache is None:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+    layers, kv_heads, head_dim = kv_shape(model)
+    dtype = model.get_input_embeddings().weight.dtype  # type: ignore[operator]
+    n, p = rows.shape[:2]
+    t = rows.to(dtype).view(n, p, 2 * layers, kv_heads, head_dim)
+    t = t.permute(2, 0, 3, 1, 4)  # (2L, N, K, P, d)
+    for layer in range(layers):
+        cache.update(t[2 * layer].contiguous(), t[2 * layer + 1].contiguous(), layer)
+    return cache
+
+
 class PrefixModule(InputAdapterModule):
     """Per-layer key and value prefixes as one table ``T``: (P, 2 * L * K * d), P = num_tokens,
     L layers, K key/value heads, d the head dim; PEFT's ``prompt_encoder.<name>.embedding.weight``
@@ -108,19 +125,7 @@ class PrefixModule(InputAdapterModule):
 
     def fill(self, model: nn.Module, cache: Any, batch: int) -> Any:
         """``cache`` (a new ``DynamicCache`` when None) with every layer's prefix."""
-        if cache is None:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=model.config)
-        dtype = model.get_input_embeddings().weight.dtype  # type: ignore[operator]
-        t = self.table().to(dtype).view(self.num_tokens, 2 * self.layers, self.kv_heads,
-                                         self.head_dim).permute(1, 2, 0, 3)  # (2L, K, P, d)
-        shape = (batch, -1, -1, -1)
-        for layer in range(self.layers):
-            keys = t[2 * layer][None].expand(shape).contiguous()
-            values = t[2 * layer + 1][None].expand(shape).contiguous()
-            cache.update(keys, values, layer)
-        return cache
+        return fill_cache(model, cache, self.table()[None].expand(batch, -1, -1))
 
     def prepare(self, model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
         past = kwargs.get("past_key_values")
@@ -138,7 +143,7 @@ def _build(config: PrefixTuning, site: Site, finder: SiteFinder) -> PrefixModule
 
 
 register(MethodSpec(
-    name="prefix", config_cls=PrefixTuning, kind=MethodKind.PREFIX, mergeable=False,
+    name="prefix", config_cls=PrefixTuning, kind=MethodKind.PREFIX, mergeable=False, routable=True,
     find_sites=_find_sites, build=_build, paper="Li and Liang 2021, arXiv:2101.00190",
     sites_used="the key/value cache of every self-attention layer (top-level pre-hook); "
                "bert, roberta, xlm-roberta, gpt2, llama families",

@@ -67,6 +67,10 @@ class PromptModule(InputAdapterModule):
         self.prompt = nn.Parameter(start)
         self.num_tokens = num_tokens
 
+    def table(self) -> torch.Tensor:
+        """The prompt: (P, D)."""
+        return self.prompt
+
     def prepare(self, model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
         n = self.num_tokens
         if not cache_is_empty(kwargs.get("past_key_values")):
@@ -103,7 +107,7 @@ def _build(config: PromptTuning, site: Site, finder: SiteFinder) -> PromptModule
 
 
 register(MethodSpec(
-    name="prompt", config_cls=PromptTuning, kind=MethodKind.PROMPT, mergeable=False,
+    name="prompt", config_cls=PromptTuning, kind=MethodKind.PROMPT, mergeable=False, routable=True,
     find_sites=_find_sites, build=_build, paper="Lester et al. 2021, arXiv:2104.08691",
     sites_used="the input embedding (prompt prepended to inputs_embeds by a top-level "
                "pre-hook); bert, roberta, xlm-roberta, gpt2, llama families",

@@ -122,7 +122,7 @@ def _build(config: VeRA, site: Site, finder: SiteFinder) -> VeRAModule:
 
 
 register(MethodSpec(
-    name="vera", config_cls=VeRA, kind=MethodKind.WEIGHT_DELTA, mergeable=True,
+    name="vera", config_cls=VeRA, kind=MethodKind.WEIGHT_DELTA, mergeable=True, routable=True,
     find_sites=_find_sites, build=_build, paper="Kopiczko et al. 2024, arXiv:2310.11454",
     sites_used="Linear, Conv1D (targets)",
 ))
