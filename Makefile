@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adapterkit-installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench adapters-venv clean
 
 venv: $(STAMP)
 
@@ -29,5 +29,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/suite.py
 
+# AdapterHub's adapters pins an older transformers: it gets its own venv, which bench/suite.py
+# uses when present (ADAPTERS_PYTHON overrides its interpreter)
+ADAPTERS_VENV ?= .venv-adapters
+adapters-venv:
+	test -x $(ADAPTERS_VENV)/bin/python || $(PYTHON) -m venv $(ADAPTERS_VENV)
+	$(ADAPTERS_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(ADAPTERS_VENV)/bin/pip install -q "adapters==1.3.0" safetensors
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(ADAPTERS_VENV) build *.egg-info

@@ -16,33 +16,95 @@ from .errors import AdapterError
 def _method_config(args: argparse.Namespace) -> Any:
     from . import Bottleneck, LoRA
 
+    if args.config:
+        return _config_from_json(args.config)
     if args.method == "lora":
         return LoRA(r=args.r, alpha=args.alpha, targets=tuple(args.targets), dropout=args.dropout)
     return Bottleneck(reduction=args.reduction, placement=args.placement, mode=args.mode)
+
+
+def _config_from_json(text: str) -> Any:
+    """A method config from JSON text, or from a file when ``text`` starts with ``@``."""
+    from .config import config_from_dict
+    from .errors import ConfigError
+
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise ConfigError(f"--config {text}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config is not valid JSON ({exc}): {text[:200]!r}") from None
+    return config_from_dict(data)
+
+
+def _prepare(kit: Any, name: str, tok: Any, train: Any, targs: Any) -> None:
+    """Data-dependent initialisation some methods need before training (SparseAdapter's SNIP
+    pruning, on 4 training batches)."""
+    import torch
+
+    from .methods.sparse_adapter import SparseAdapter, snip_prune
+    from .train import encode
+
+    config = kit.record(name).config
+    if isinstance(config, SparseAdapter) and config.criterion == "snip":
+        batches = []
+        for i in range(4):
+            chunk = train[i * targs.batch_size:(i + 1) * targs.batch_size]
+            enc = encode(tok, chunk, targs.max_length)
+            batches.append({**enc, "labels": torch.tensor([ex.label for ex in chunk])})
+        kit.train(name, train_also=("classifier",))
+        snip_prune(kit, name, batches)
+
+
+def _counts(kit: Any, name: str) -> dict[str, int]:
+    """Trainable parameters of the adapter (for pruned methods those that can be nonzero; each
+    shared tensor once), of the head, in all, and the frozen base's."""
+    adapter, seen = 0, set()
+    for module in kit.record(name).modules.values():
+        if hasattr(module, "nonzero_count"):
+            adapter += module.nonzero_count()
+            continue
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                adapter += p.numel()
+    head = sum(p.numel() for p in kit.model.get_submodule("classifier").parameters())
+    total = sum(p.numel() for p in kit.model.parameters() if p.requires_grad)
+    base = sum(p.numel() for n, p in kit.model.named_parameters() if not p.requires_grad)
+    return {"adapter_params": adapter, "head_params": head, "trainable_params": total,
+            "base_params": base}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import AdapterKit
     from .data import get_task
     from .hf import load_classifier
+    from .methods import method_name_of
     from .train import TrainArgs, accuracy, predict, train_adapter
 
     task = get_task(args.task)
     train, dev = task.split("train"), task.split("dev", limit=args.eval_limit)
     model, tok = load_classifier(args.model, len(task.labels), seed=args.seed)
     kit = AdapterKit(model)
-    name = args.name or f"{task.name}_{args.method}"
-    kit.add(name, _method_config(args))
+    config = _method_config(args)
+    name = args.name or f"{task.name}_{method_name_of(config)}"
+    kit.add(name, config)
     targs = TrainArgs(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
                       lr=args.lr, seed=args.seed)
+    _prepare(kit, name, tok, train, targs)
     result = train_adapter(kit, name, tok, train, targs)
+    counts = _counts(kit, name)
     t0 = time.perf_counter()
     acc = accuracy(predict(model, tok, dev, args.max_length, show=True), dev)
     eval_s = time.perf_counter() - t0
     kit.record(name).extra["training"] = {
         "model": args.model, "task": args.task, "steps": args.steps, "lr": args.lr,
         "batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed,
-        "dev_accuracy": acc, "dev_examples": len(dev),
+        "dev_accuracy": acc, "dev_examples": len(dev), "seconds": result.seconds,
+        "final_loss": result.losses[-1], **counts,
     }
     kit.save(name, args.out)
     print(kit.summary())
@@ -117,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="minilm", help="'minilm' or a local transformers directory")
     t.add_argument("--task", default="sst2", help="'sst2', 'rte' or a TSV task directory")
     t.add_argument("--method", choices=("lora", "bottleneck"), default="lora")
+    t.add_argument("--config", help="any registered method's config as JSON, e.g. "
+                   '\'{"method": "ia3"}\', or @FILE; replaces --method and its options')
     t.add_argument("--steps", type=int, default=400)
     t.add_argument("--out", required=True)
     t.add_argument("--name")

@@ -72,23 +72,28 @@ def _schedule(step: int, total: int, warmup: float) -> float:
     return max(0.0, 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w))))
 
 
-def train_adapter(kit: AdapterKit, name: str, tokenizer: Any, data: Sequence[Example],
-                  args: TrainArgs, train_also: Sequence[str] = ("classifier",)) -> TrainResult:
-    """Train adapter ``name`` (and ``train_also`` heads) with AdamW and a cosine schedule."""
+def classification_batches(tokenizer: Any, data: Sequence[Example],
+                           args: TrainArgs) -> Iterator[dict[str, torch.Tensor]]:
+    """Shuffled training batches of ``data``: tokenised texts plus ``labels``, without end."""
+    for batch in _batches(data, args.batch_size, args.seed):
+        enc = encode(tokenizer, batch, args.max_length)
+        yield {**enc, "labels": torch.tensor([ex.label for ex in batch])}
+
+
+def fit(model: Any, params: Sequence[torch.nn.Parameter], batches: Iterator[dict[str, Any]],
+        args: TrainArgs, desc: str = "train") -> TrainResult:
+    """``args.steps`` AdamW steps on ``params`` with a warmup and cosine schedule, one batch of
+    ``batches`` (keyword arguments of ``model`` holding the labels) per step; the model is in
+    eval mode afterwards."""
     torch.manual_seed(args.seed)
-    params = kit.train(name, train_also=train_also)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, args.steps, args.warmup))
-    model = kit.model
     model.train()
     result = TrainResult()
     start = time.perf_counter()
-    bar = progress(zip(range(args.steps), _batches(data, args.batch_size, args.seed)),
-                   args.steps, f"train {name}", args.progress)
+    bar = progress(zip(range(args.steps), batches), args.steps, desc, args.progress)
     for step, batch in bar:
-        enc = encode(tokenizer, batch, args.max_length)
-        labels = torch.tensor([ex.label for ex in batch])
-        loss = model(**enc, labels=labels).loss
+        loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -100,6 +105,20 @@ def train_adapter(kit: AdapterKit, name: str, tokenizer: Any, data: Sequence[Exa
     result.steps = args.steps
     model.eval()
     return result
+
+
+def train_adapter(kit: AdapterKit, name: str, tokenizer: Any, data: Sequence[Example],
+                  args: TrainArgs, train_also: Sequence[str] = ("classifier",),
+                  setup: Any = None) -> TrainResult:
+    """Train adapter ``name`` (and ``train_also`` heads) with AdamW and a cosine schedule.
+    ``setup``, a composition holding ``name`` (``Stack("lang", name)``), runs in the forward
+    instead of ``name`` alone; its other adapters stay frozen."""
+    torch.manual_seed(args.seed)
+    params = kit.train(name, train_also=train_also)
+    if setup is not None:
+        kit.activate(setup)
+    return fit(kit.model, params, classification_batches(tokenizer, data, args), args,
+               f"train {name}")
 
 
 @torch.no_grad()

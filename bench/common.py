@@ -52,6 +52,32 @@ def interleaved(cases: dict[str, Case], rounds: int, warmup: int = 2,
     return {n: statistics.median(v) for n, v in times.items()}
 
 
+def rss_mib() -> float:
+    """Resident memory of this process (MiB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_growth(step: Callable[[], Any], calls: int = 5) -> float:
+    """Peak growth of resident memory (MiB, sampled every 2 ms) over ``calls`` calls of
+    ``step``, from the resident memory before the first."""
+    import threading
+
+    start, peak, done = rss_mib(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib())
+            done.wait(0.002)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for _ in range(calls):
+        step()
+    done.set()
+    sampler.join()
+    return peak[0] - start
+
+
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "cpus": os.cpu_count(),

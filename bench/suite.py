@@ -6,6 +6,9 @@ Measured in one run, interleaved where timed, threads pinned, medians:
 - forward latency: base, unmerged, merged (bench/overhead.py);
 - load time of the 1st and the 32nd adapter;
 - trainable parameter counts for identical configs.
+AdapterHub's ``adapters`` joins every measure it has (training steps, memory, forward, loading,
+counts) when ``make adapters-venv`` has made its environment (bench/adapters_side.py); else the
+suite prints why it is left out.
 Writes bench/results/latest.json, latest.md and latest.png. BENCH_ROUNDS scales the rounds.
 """
 
@@ -23,7 +26,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, interleaved, machine, pin_threads, table  # noqa: E402
+from adapters_side import adapters_ratios  # noqa: E402
+from common import RESULTS, interleaved, machine, peak_rss_growth, pin_threads, table  # noqa: E402
 
 import adapterkit as ak  # noqa: E402
 from adapterkit.data import get_task  # noqa: E402
@@ -44,7 +48,9 @@ def sst2_batch(tok) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
 def ours(base: torch.nn.Module, method: str) -> tuple[torch.nn.Module, list]:
     m = copy.deepcopy(base)
     kit = ak.AdapterKit(m)
-    kit.add("a", ak.LoRA(r=8, alpha=16) if method == "lora" else ak.Bottleneck(reduction=16))
+    # the bottleneck is Pfeiffer's (AdapterHub's SeqBnConfig): after the FFN, reading LN(h + x)
+    kit.add("a", ak.LoRA(r=8, alpha=16) if method == "lora"
+            else ak.Bottleneck(reduction=16, original_ln_before=True))
     return m, kit.train("a", train_also=("classifier",))
 
 
@@ -67,12 +73,15 @@ def make_step(model, params, batch, labels):
     return step
 
 
-def training(base, tok, rounds: int) -> tuple[dict[str, float], dict[str, int]]:
+def training(base, tok, rounds: int, side=None) -> tuple[dict[str, float], dict[str, int]]:
     batch, labels = sst2_batch(tok)
     variants = {"ours LoRA": ours(base, "lora"), "PEFT LoRA": peft(base),
                 "ours Bottleneck": ours(base, "bottleneck")}
     counts = {k: sum(p.numel() for p in ps) for k, (_, ps) in variants.items()}
     steps = {k: make_step(m, ps, batch, labels) for k, (m, ps) in variants.items()}
+    if side is not None:
+        counts.update(side.counts())
+        steps.update({k: side.case(k) for k in ("adapters LoRA", "adapters Bottleneck")})
     return interleaved(steps, rounds=rounds, warmup=2), counts
 
 
@@ -85,14 +94,8 @@ def peak_memory(variant: str) -> float:
     return float(out.stdout.split()[-1])
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _memory_child(variant: str) -> float:
     import gc
-    import threading
 
     pin_threads()
     base, tok = load_classifier("minilm", 2)
@@ -101,23 +104,10 @@ def _memory_child(variant: str) -> float:
         base, "lora" if variant == "ours LoRA" else "bottleneck")
     del base
     gc.collect()
-    step = make_step(model, params, batch, labels)
-    start, peak, done = _rss_mib(), [0.0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mib())
-            done.wait(0.002)
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    for _ in range(5):
-        step()
-    done.set()
-    sampler.join()
-    return peak[0] - start
+    return peak_rss_growth(make_step(model, params, batch, labels))
 
 
-def loading(base, rounds: int) -> dict[str, float]:
+def loading(base, rounds: int, side=None) -> dict[str, float]:
     """Seconds to load the 1st adapter into a fresh model and the 32nd into one holding 31."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -158,13 +148,15 @@ def loading(base, rounds: int) -> dict[str, float]:
     def copy_only() -> None:
         copy.deepcopy(base)
 
-    med = interleaved({"ours 32nd": ours_32nd, "PEFT 32nd": peft_32nd, "ours 1st": ours_1st,
-                       "PEFT 1st": peft_1st, "model copy": copy_only}, rounds=rounds, warmup=1)
+    cases = {"ours 32nd": ours_32nd, "PEFT 32nd": peft_32nd, "ours 1st": ours_1st,
+             "PEFT 1st": peft_1st, "model copy": copy_only}
+    cases.update(side.loading_cases() if side else {})
+    med = interleaved(cases, rounds=rounds, warmup=1)
     # the 1st-adapter cases include a model copy; report them without it
     for k in ("ours 1st", "PEFT 1st"):
         med[k] = max(med[k] - med["model copy"], 0.0)
     del med["model copy"]
-    return med
+    return side.loading_medians(med) if side else med
 
 
 def plot(results: dict, path: Path) -> None:
@@ -185,17 +177,35 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def adapters_side(tok, threads: int):
+    """The ``adapters`` worker, or None with the reason printed."""
+    from adapters_side import AdaptersSide, find_python
+
+    from adapterkit.hf import model_dir
+
+    python, info = find_python()
+    if python is None:
+        print(f"adapters (AdapterHub) comparison: skipped: {info}")
+        return None
+    batch, labels = sst2_batch(tok)
+    side = AdaptersSide(python, model_dir("minilm"), batch, labels, threads)
+    print(f"adapters (AdapterHub) comparison: {side.versions}")
+    return side
+
+
 def main() -> int:
     threads = pin_threads()
     rounds = int(os.environ.get("BENCH_ROUNDS", "15"))
     base, tok = load_classifier("minilm", 2)
     base.eval()
     print(f"threads {threads}, rounds {rounds}")
-    print("adapters (AdapterHub) comparison: skipped: it needs its own virtual environment "
-          "(the library pins an older transformers) and the side runner is not written yet")
-    train_s, counts = training(base, tok, rounds)
-    memory = {k: peak_memory(k) for k in train_s}
-    load_s = loading(base, rounds)
+    side = adapters_side(tok, threads)
+    train_s, counts = training(base, tok, rounds, side)
+    memory = {k: side.memory(k) if k.startswith("adapters") else peak_memory(k) for k in train_s}
+    load_s = loading(base, rounds, side)
+    fwd_a = side.forward(base, sst2_batch(tok)[0], rounds) if side else {}
+    if side is not None:
+        side.close()
     fwd = subprocess.run([sys.executable, str(HERE / "overhead.py")], capture_output=True, text=True,
                          check=True, env={**os.environ, "BENCH_ROUNDS": str(2 * rounds)})
     overhead = json.loads((RESULTS / "overhead.json").read_text())
@@ -210,24 +220,38 @@ def main() -> int:
         "load 1st adapter": load_s["ours 1st"] / load_s["PEFT 1st"],
         "trainable params (LoRA)": counts["ours LoRA"] / counts["PEFT LoRA"],
     }
+    if side is not None:
+        ratios.update(adapters_ratios(train_s, memory, counts, load_s, fwd_a))
+    results = {"machine": machine(), "rounds": rounds, "adapters": side.versions if side else None,
+               "train_seconds": train_s, "peak_rss_growth_mib": memory, "trainable_params": counts,
+               "load_seconds": load_s, "forward": overhead, "forward_vs_adapters": fwd_a,
+               "ratios": ratios}
+    report(results, fwd.stdout.strip().split("\n", 1)[-1])
+    return 0
+
+
+def report(results: dict, overhead_text: str) -> None:
+    train_s, memory, counts = (results[k] for k in ("train_seconds", "peak_rss_growth_mib",
+                                                      "trainable_params"))
     rows = [(k, f"{train_s[k] * 1000:.0f}", f"{memory[k]:.0f}", f"{counts[k]:,}") for k in train_s]
     md = ["## Training step (batch 32 x 64 tokens)",
           table(rows, ("variant", "median ms", "peak RSS growth MiB", "trainable params")),
           "", "## Adapter load time",
-          table([(k, f"{v * 1000:.2f}") for k, v in load_s.items()], ("case", "median ms")),
-          "", "## Forward (bench/overhead.py)", fwd.stdout.strip().split("\n", 1)[-1],
-          "", "## Ratios adapterkit / PEFT",
-          table([(k, f"{v:.3f}") for k, v in ratios.items()], ("measure", "ratio"))]
+          table([(k, f"{v * 1000:.2f}") for k, v in results["load_seconds"].items()],
+                ("case", "median ms")),
+          "", "## Forward (bench/overhead.py)", overhead_text]
+    if results["forward_vs_adapters"]:
+        md += ["", "## Forward vs adapters (SST-2 batch 32 x 64)",
+               table([(k, f"{v * 1000:.2f}") for k, v in results["forward_vs_adapters"].items()],
+                     ("case", "median ms"))]
+    md += ["", "## Ratios adapterkit / PEFT (and / adapters)",
+           table([(k, f"{v:.3f}") for k, v in results["ratios"].items()], ("measure", "ratio"))]
     text = "\n".join(md)
     print(text)
-    results = {"machine": machine(), "rounds": rounds, "train_seconds": train_s,
-               "peak_rss_growth_mib": memory, "trainable_params": counts, "load_seconds": load_s,
-               "forward": overhead, "ratios": ratios}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "latest.md").write_text(text + "\n")
     plot(results, RESULTS / "latest.png")
-    return 0
 
 
 if __name__ == "__main__":
