@@ -91,6 +91,10 @@ def _check_same_sites(records: list[AdapterRecord]) -> None:
     methods = {r.name: r.spec.name for r in records}
     if len(set(methods.values())) > 1:
         raise CombineError(f"cannot combine adapters of different methods: {methods}")
+    pissa = [r.name for r in records if str(getattr(r.config, "init", "")).startswith("pissa")]
+    if pissa:
+        raise CombineError(f"{pissa} are PiSSA adapters, whose deltas hold only on their own "
+                           "residual base; convert them first (adapterkit.pissa_as_lora)")
     hosts = [s.host for s in first.sites]
     for rec in records[1:]:
         other = [s.host for s in rec.sites]

@@ -249,3 +249,12 @@ def test_pissa_peft_export_and_conversion_errors(tmp_path) -> None:
     kit.add("l", ak.LoRA())
     with pytest.raises(ak.ConfigError, match="not a PiSSA adapter"):
         ak.pissa_as_lora(kit, "l")
+
+
+def test_combine_refuses_pissa_adapters() -> None:
+    kit = ak.AdapterKit(build("llama"))
+    kit.add("p", ak.LoRA(r=2, alpha=4, init="pissa"))
+    kit.add("q", ak.LoRA(r=2, alpha=4))
+    with pytest.raises(ak.CombineError, match="PiSSA"):
+        kit.combine("pq", {"p": 0.5, "q": 0.5}, how="cat")
+    assert "pq" not in kit.names
