@@ -168,11 +168,11 @@ def plot(results: dict, path: Path) -> None:
         print("matplotlib is not installed: no plot")
         return
     ratios = results["ratios"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(ratios) + 1.5))
     ax.barh(list(ratios), list(ratios.values()), color="#4477aa")
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xlabel("ratio (see latest.md); 1.0 = parity, lower is better")
-    ax.set_title("adapterkit vs PEFT on MiniLM (CPU)")
+    ax.set_title("adapterkit vs PEFT (and vs adapters) on MiniLM (CPU)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
