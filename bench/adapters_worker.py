@@ -53,17 +53,10 @@ def _with_adapter(base: torch.nn.Module, config: Any, train: bool) -> torch.nn.M
 
 
 def _step(model: torch.nn.Module) -> Any:
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    batch, labels = STATE["batch"], STATE["labels"]
-    model.train()
+    from common import make_step
 
-    def step() -> None:
-        loss = model(**batch, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    params = [p for p in model.parameters() if p.requires_grad]
+    return make_step(model, params, STATE["batch"], STATE["labels"])
 
 
 def _forward(model: torch.nn.Module) -> Any:

@@ -52,6 +52,21 @@ def interleaved(cases: dict[str, Case], rounds: int, warmup: int = 2,
     return {n: statistics.median(v) for n, v in times.items()}
 
 
+def make_step(model: torch.nn.Module, params: list[torch.nn.Parameter],
+              batch: dict[str, torch.Tensor], labels: torch.Tensor) -> Callable[[], None]:
+    """One AdamW training step of ``model`` on ``batch`` per call (the suite's training case,
+    shared by every library's side)."""
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+
+    def step() -> None:
+        loss = model(**batch, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def rss_mib() -> float:
     """Resident memory of this process (MiB)."""
     with open("/proc/self/statm") as f:

@@ -27,7 +27,15 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from adapters_side import adapters_ratios  # noqa: E402
-from common import RESULTS, interleaved, machine, peak_rss_growth, pin_threads, table  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    interleaved,
+    machine,
+    make_step,
+    peak_rss_growth,
+    pin_threads,
+    table,
+)
 
 import adapterkit as ak  # noqa: E402
 from adapterkit.data import get_task  # noqa: E402
@@ -59,18 +67,6 @@ def peft(base: torch.nn.Module) -> tuple[torch.nn.Module, list]:
 
     m = get_peft_model(copy.deepcopy(base), LoraConfig(**PEFT_LORA))
     return m, [p for p in m.parameters() if p.requires_grad]
-
-
-def make_step(model, params, batch, labels):
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    model.train()
-
-    def step() -> None:
-        loss = model(**batch, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
 
 
 def training(base, tok, rounds: int, side=None) -> tuple[dict[str, float], dict[str, int]]:
