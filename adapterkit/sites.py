@@ -115,6 +115,12 @@ class SiteFinder:
         if bad:
             raise TargetError(f"{method} supports {what}; these targets are not: {bad}")
 
+    def linear_sites(self, targets: Sequence[str], method: str) -> list[Site]:
+        """One site per module ``targets`` names, each checked to be a Linear or Conv1D."""
+        paths = self.paths(targets)
+        self.check_types(paths, is_linear_like, "Linear and Conv1D", method)
+        return [Site(host=p) for p in paths]
+
     def sublayer_sites(self, placement: str, with_norm: bool = False) -> list[Site]:
         """One residual site per layer and sublayer: host = the sublayer's output projection,
         input = the sublayer's first input projection (whose input is the sublayer input) and,

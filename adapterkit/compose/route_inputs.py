@@ -35,7 +35,7 @@ from torch import nn
 from ..composition import BASE, Block, Composition, CompositionError, Route, Stack, walk
 from ..errors import AdapterError
 from ..methods.base import AdapterModule, MethodKind
-from ..methods.inputs import InputAdapterModule, batch_of, cache_is_empty, check_mask
+from ..methods.inputs import InputAdapterModule, batch_of, cache_is_empty, check_mask, pad_front
 from ..methods.prefix import fill_cache
 from .cache import StackCache, plain
 from .nodes import _unit
@@ -141,13 +141,7 @@ class RoutedInputs:
         kwargs = _shift(kwargs, keep)
         pos = kwargs["position_ids"]
         kwargs["position_ids"] = torch.cat([head.to(pos.dtype), pos], 1)
-        types = kwargs.get("token_type_ids")
-        if types is not None:
-            kwargs["token_type_ids"] = torch.cat([types.new_zeros(types.shape[0], p), types], 1)
-        labels = kwargs.get("labels")
-        if isinstance(labels, torch.Tensor) and labels.dim() >= 2 and labels.shape[1] == s:
-            pad = labels.new_full((labels.shape[0], p, *labels.shape[2:]), -100)
-            kwargs["labels"] = torch.cat([pad, labels], 1)
+        kwargs = pad_front(kwargs, p, s)
         if not self.causal:  # roll row i left by its masked slots: prompt, tokens, masked slots
             order = (torch.arange(p + s, device=device) + (~keep).sum(1, keepdim=True)) % (p + s)
             for key in ("inputs_embeds", "attention_mask", "position_ids", "token_type_ids",

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import check_positive
 from ..errors import ConfigError
-from ..sites import SiteFinder, dense_weight, is_conv1d, is_linear_like
+from ..sites import SiteFinder, dense_weight, is_conv1d
 from . import register
 from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .lora import LoRAModule, _as_targets
@@ -105,9 +105,7 @@ class DoRAModule(LoRAModule):
 
 
 def _find_sites(config: DoRA, finder: SiteFinder) -> list[Site]:
-    paths = finder.paths(config.targets)
-    finder.check_types(paths, is_linear_like, "Linear and Conv1D", "DoRA")
-    return [Site(host=p) for p in paths]
+    return finder.linear_sites(config.targets, "DoRA")
 
 
 def _build(config: DoRA, site: Site, finder: SiteFinder) -> DoRAModule:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import check_positive
 from ..errors import ConfigError
-from ..sites import SiteFinder, dense_weight, features_of, is_conv1d, is_linear_like
+from ..sites import SiteFinder, dense_weight, features_of, is_conv1d
 from . import register
 from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .lora import _as_targets
@@ -120,9 +120,7 @@ class HydraModule(AdapterModule):
 
 
 def _find_sites(config: Hydra, finder: SiteFinder) -> list[Site]:
-    paths = finder.paths(config.targets)
-    finder.check_types(paths, is_linear_like, "Linear and Conv1D", "Hydra")
-    return [Site(host=p) for p in paths]
+    return finder.linear_sites(config.targets, "Hydra")
 
 
 def _build(config: Hydra, site: Site, finder: SiteFinder) -> HydraModule:

@@ -139,3 +139,16 @@ def input_site(finder: SiteFinder, method: str) -> Site:
         raise TargetError(f"{method} needs the model's input embedding (get_input_embeddings()); "
                           f"{type(finder.model).__name__} gives {type(embedding).__name__}")
     return Site(host=path, role="embed")
+
+
+def pad_front(kwargs: dict[str, Any], n: int, s: int) -> dict[str, Any]:
+    """``token_type_ids`` with ``n`` leading zeros and token-level ``labels`` (second dim ``s``,
+    the input length) with ``n`` leading ``-100``: what ``n`` prompt positions in front need."""
+    types = kwargs.get("token_type_ids")
+    if types is not None:
+        kwargs["token_type_ids"] = torch.cat([types.new_zeros(types.shape[0], n), types], 1)
+    labels = kwargs.get("labels")
+    if isinstance(labels, torch.Tensor) and labels.dim() >= 2 and labels.shape[1] == s:
+        pad = labels.new_full((labels.shape[0], n, *labels.shape[2:]), -100)
+        kwargs["labels"] = torch.cat([pad, labels], 1)
+    return kwargs

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..sites import SiteFinder
 from . import register
 from .base import MethodKind, MethodSpec, Site
-from .inputs import InputAdapterModule, batch_of, cache_is_empty, grow, input_site
+from .inputs import InputAdapterModule, batch_of, cache_is_empty, grow, input_site, pad_front
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,7 @@ class PromptModule(InputAdapterModule):
         if pos is not None:
             head = torch.arange(n, device=pos.device, dtype=pos.dtype).expand(*pos.shape[:-1], n)
             kwargs["position_ids"] = torch.cat([head, pos + n], -1)
-        types = kwargs.get("token_type_ids")
-        if types is not None:
-            kwargs["token_type_ids"] = torch.cat([types.new_zeros(types.shape[0], n), types], 1)
-        labels = kwargs.get("labels")
-        if isinstance(labels, torch.Tensor) and labels.dim() >= 2 and labels.shape[1] == s:
-            pad = labels.new_full((labels.shape[0], n, *labels.shape[2:]), -100)
-            kwargs["labels"] = torch.cat([pad, labels], 1)
+        kwargs = pad_front(kwargs, n, s)
         return kwargs
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import check_choice
 from ..errors import ConfigError
-from ..sites import SiteFinder, dense_weight, features_of, is_conv1d, is_linear_like
+from ..sites import SiteFinder, dense_weight, features_of, is_conv1d
 from . import register
 from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .lora import _as_targets
@@ -140,9 +140,7 @@ class SHiRAModule(AdapterModule):
 
 
 def _find_sites(config: SHiRA, finder: SiteFinder) -> list[Site]:
-    paths = finder.paths(config.targets)
-    finder.check_types(paths, is_linear_like, "Linear and Conv1D", "SHiRA")
-    return [Site(host=p) for p in paths]
+    return finder.linear_sites(config.targets, "SHiRA")
 
 
 def _build(config: SHiRA, site: Site, finder: SiteFinder) -> SHiRAModule:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..sites import SiteFinder, features_of, is_conv1d, is_linear_like
+from ..sites import SiteFinder, features_of, is_conv1d
 from . import register
 from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .lora import _as_targets
@@ -110,9 +110,7 @@ class VeRAModule(AdapterModule):
 
 
 def _find_sites(config: VeRA, finder: SiteFinder) -> list[Site]:
-    paths = finder.paths(config.targets)
-    finder.check_types(paths, is_linear_like, "Linear and Conv1D", "VeRA")
-    return [Site(host=p) for p in paths]
+    return finder.linear_sites(config.targets, "VeRA")
 
 
 def _build(config: VeRA, site: Site, finder: SiteFinder) -> VeRAModule:
