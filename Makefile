@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adapterkit-installed
 
-.PHONY: venv demo test lint bench adapters-venv clean
+.PHONY: venv demo test test-peft-compat lint bench adapters-venv clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check adapterkit tests bench examples scripts
 	$(PY) -m pytest
+	$(MAKE) test-peft-compat
+
+# PEFT (up to 0.21.2) predates transformers 5.24, which renamed the KV-cache argument: with
+# 5.24 PEFT's prompt and prefix tuning are no reference for some cases (tests/helpers.py,
+# peft_cache_issue). Those parity tests run again on transformers 5.23, installed beside .venv
+# without dependencies, where every one of them must run.
+COMPAT_TRANSFORMERS ?= transformers==5.23.0
+COMPAT_DIR := .cache/compat-transformers
+test-peft-compat: $(STAMP)
+	test -d $(COMPAT_DIR) || $(PY) -m pip install -q --no-deps --target $(COMPAT_DIR) "$(COMPAT_TRANSFORMERS)"
+	PYTHONPATH=$(COMPAT_DIR) PEFT_REFERENCE_REQUIRED=1 $(PY) -m pytest tests/test_prompt_prefix.py tests/test_peft_prompt.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check adapterkit tests bench examples scripts
@@ -38,4 +49,4 @@ adapters-venv:
 	$(ADAPTERS_VENV)/bin/pip install -q "adapters==1.3.0" safetensors
 
 clean:
-	rm -rf $(VENV) $(ADAPTERS_VENV) build *.egg-info
+	rm -rf $(VENV) $(ADAPTERS_VENV) $(COMPAT_DIR) build *.egg-info

@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
     from .cli_ops import add_commands
 
-    add_commands(sub)  # extract, quantize, subspace
+    add_commands(sub)  # combine, extract, quantize, subspace
     return p
 
 

@@ -1,9 +1,11 @@
-"""``adapterkit extract | quantize | subspace``: operations on trained adapters from the shell."""
+"""``adapterkit combine | extract | quantize | subspace``: operations on trained adapters from the
+shell."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from .errors import AdapterError
@@ -54,6 +56,57 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weighted(items: list[str]) -> list[tuple[str, float]]:
+    """``DIR`` or ``DIR=WEIGHT`` arguments as (directory, weight); the weight defaults to 1."""
+    out = []
+    for item in items:
+        d, sep, w = item.rpartition("=") if "=" in item else (item, "", "1")
+        try:
+            out.append((d if sep else item, float(w)))
+        except ValueError:
+            raise AdapterError(f"{item!r}: expected DIR or DIR=WEIGHT with a numeric weight") from None
+    return out
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from .hf import load_classifier
+    from .io.native import CONFIG_FILE, read_json
+    from .kit import AdapterKit
+
+    sources = _weighted(args.adapters)
+    metas = [read_json(Path(d) / CONFIG_FILE) for d, _ in sources]
+    recorded = [m.get("training", {}).get("model") for m in metas]
+    model_name = args.model or next((m for m in recorded if m), None)
+    if model_name is None:
+        raise AdapterError("the adapters record no base model; pass --model")
+    paths = [Path(d).resolve() for d, _ in sources]
+    head = None
+    if args.head_from:
+        if Path(args.head_from).resolve() not in paths:
+            raise AdapterError(f"--head-from {args.head_from!r} is not one of the adapters")
+        head = paths.index(Path(args.head_from).resolve())
+    model, _ = load_classifier(model_name, args.num_labels)
+    kit = AdapterKit(model)
+    order = [i for i in range(len(sources)) if i != head] + ([head] if head is not None else [])
+    names = {}
+    for i in order:  # the --head-from adapter last, so its head is the model's
+        names[i] = kit.load(sources[i][0], name=f"source{i}")
+    options = {k: getattr(args, k) for k in ("rank", "energy", "density", "seed")
+               if getattr(args, k) is not None}
+    report = kit.combine(args.name, {names[i]: w for i, (_, w) in enumerate(sources)}, how=args.how,
+                         **options)
+    record = kit.record(args.name)
+    record.extra["combined"]["sources"] = {d: w for d, w in sources}
+    if head is not None:
+        record.heads = kit.record(names[head]).heads
+        task = metas[head].get("training", {}).get("task")
+        record.extra["training"] = {"model": model_name, **({"task": task} if task else {})}
+    kit.save(args.name, args.out)
+    print(report)
+    print(f"saved to {args.out}")
+    return 0
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from .quantization import quantize
 
@@ -76,6 +129,20 @@ def cmd_subspace(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add the subcommands to the ``adapterkit`` parser's subparsers."""
+    c = sub.add_parser("combine", help="combine saved adapters (cat, svd, linear, ties, dare...)")
+    c.add_argument("adapters", nargs="+", metavar="DIR[=WEIGHT]", help="adapter directories (weight 1)")
+    c.add_argument("--how", default="cat", choices=("cat", "svd", "linear", "task_arithmetic",
+                                                   "ties", "dare_linear", "dare_ties"))
+    c.add_argument("--rank", type=int, help="svd: target rank per site")
+    c.add_argument("--energy", type=float, help="svd: share of sum(sigma^2) to keep per site")
+    c.add_argument("--density", type=float, help="ties/dare: share of entries kept")
+    c.add_argument("--seed", type=int, help="dare: seed of the random drop")
+    c.add_argument("--model", help="base model ('minilm' or a directory; default: the recorded one)")
+    c.add_argument("--num-labels", type=int, default=2, help="labels of the model's task head")
+    c.add_argument("--head-from", metavar="DIR", help="save this adapter's trained head with the result")
+    c.add_argument("--name", default="combined")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_combine)
     x = sub.add_parser("extract", help="extract a LoRA adapter from a full fine-tune (truncated SVD)")
     x.add_argument("--base", required=True, help="'minilm' or the base transformers directory")
     x.add_argument("--finetuned", required=True, help="the fine-tuned transformers directory")

@@ -124,6 +124,8 @@ class AdapterKit(Compositions):
         self._check_new_name(name)
         spec = spec_of(config)
         finder = self.finder()
+        if spec.resolve is not None:
+            config = spec.resolve(config, finder)
         sites = spec.find_sites(config, finder)
         modules = {s.host: spec.build(config, s, finder) for s in sites}
         return AdapterRecord(name, config, spec, sites, modules)

@@ -1,7 +1,7 @@
 """Quality of the operations on trained adapters, on MiniLM (all-MiniLM-L6-v2) with SST-2 / RTE.
 
 (a) a LoRA and a bottleneck adapter stored at 32/8/4/2/1 bits (post-training quantisation, and
-1-bit quantisation-aware training continuing the fp32 adapter): dev accuracy and file sizes;
+1-bit quantisation-aware training with the fp32 adapter's budget): dev accuracy and file sizes;
 (b) a short full fine-tune of MiniLM on SST-2 extracted as LoRA at several energies;
 (c) linear (MerA) and TIES merges of an SST-2 and an RTE LoRA: each task before and after;
 (d) an EigenLoRA adapter on RTE on a principal subspace of other (SST-2) LoRA adapters.
@@ -46,9 +46,9 @@ def _adder(name: str, config: Any):
     return setup
 
 
-def _qat_from(directory: Path, bits: int):
+def _qat(name: str, config: Any, bits: int):
     def setup(kit: ak.AdapterKit) -> str:
-        name = kit.load(directory)
+        kit.add(name, config)
         enable_qat(kit, name, bits)
         return name
     return setup
@@ -62,7 +62,8 @@ def adapter_params(directory: Path) -> int:
 def part_quantization(b: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for method, make in METHODS.items():
-        fp32 = b.train(f"sst2_{method}_s{b.s.steps}", "sst2", b.s.steps, b.s.lr,
+        lr = b.s.lr
+        fp32 = b.train(f"sst2_{method}_s{b.s.steps}", "sst2", b.s.steps, lr,
                        _adder("sst2", make()))
         rows = [{"bits": 32, "ptq": b.evaluate(fp32, "sst2"), "bytes": file_bytes(fp32),
                  "dir_bytes": dir_bytes(fp32)}]
@@ -72,8 +73,7 @@ def part_quantization(b: Bench) -> dict[str, Any]:
                 ak.quantize(fp32, bits, q)
             rows.append({"bits": bits, "ptq": b.evaluate(q, "sst2"), "bytes": file_bytes(q),
                          "dir_bytes": dir_bytes(q)})
-        qat = b.train(f"{fp32.name}_qat1_s{b.s.qat_steps}", "sst2", b.s.qat_steps, b.s.lr / 2,
-                      _qat_from(fp32, 1))
+        qat = b.train(f"{fp32.name}_qat1", "sst2", b.s.steps, lr, _qat("sst2", make(), 1))
         qat_q = b.runs / f"{qat.name}_q1"
         if not qat_q.is_dir():
             ak.quantize(qat, 1, qat_q)
@@ -188,7 +188,8 @@ def main() -> int:
     b = Bench(s)
     start = time.perf_counter()
     print(f"settings {s.as_dict()}, {threads} threads", flush=True)
-    results: dict[str, Any] = {"settings": s.as_dict()}
+    results: dict[str, Any] = {"settings": s.as_dict(),
+                               "host": f"a {os.cpu_count()}-core CPU ({threads} threads)"}
     results["quantization"] = part_quantization(b)
     results["extraction"] = part_extraction(b)
     sst2_lora = Path(results["quantization"]["lora"]["dir"])

@@ -8,7 +8,8 @@ from common import table
 from ops_helpers import pct
 
 OPERATIONS = [
-    ("combine, `how=\"cat\"`", "`kit.combine(new, {\"a\": 0.5, \"b\": 0.5}, how=\"cat\")`",
+    ("combine, `how=\"cat\"`", "`kit.combine(new, {\"a\": 0.5, \"b\": 0.5}, how=\"cat\")`; from "
+     "saved adapters: `adapterkit combine DIR=0.5 DIR=0.5 --how cat --out DIR`",
      "yes: rank-concatenated LoRA whose delta is the weighted sum of the deltas"),
     ("combine, `how=\"svd\"`", "`kit.combine(..., how=\"svd\", rank=r)` or `energy=e`",
      "yes without rank/energy; else the best rank-k (retained energy per site reported)"),
@@ -21,8 +22,10 @@ OPERATIONS = [
      "at full rank exact on the targeted weights; untargeted changes reported, not kept"),
     ("quantize", "`ak.quantize(dir, bits, out)`, `adapterkit quantize`, "
      "`kit.train(name, quantize_bits=b)` (QAT)", "lossy; QAT trains on exactly the stored values"),
-    ("recycle", "`ak.principal_subspace(dirs, k, out)`, `ak.EigenLoRA(basis=out, k=k, r=r)`",
-     "a method of its own: 2 k r trainable coefficients per site"),
+    ("recycle", "`ak.principal_subspace(dirs, k, out)`, `adapterkit subspace`, "
+     "`ak.EigenLoRA(basis=out, k=k, r=r)`",
+     "a method of its own: 2 k r trainable coefficients per site; the adapter records the "
+     "basis file's SHA-256 and refuses another file"),
 ]
 
 INTRO = """# Operations on trained adapters
@@ -119,15 +122,16 @@ def _settings(r: dict[str, Any]) -> list[str]:
     s = r["settings"]
     secs = ", ".join(f"{k} {v:.0f}s" for k, v in r["train_seconds"].items())
     return ["## Settings", "",
-            f"Steps: SST-2 adapters {s['steps']} (lr {s['lr']}), 1-bit QAT {s['qat_steps']} "
-            f"(continuing the fp32 adapter, lr {s['lr'] / 2}), full fine-tune {s['ft_steps']} "
-            f"(lr {s['ft_lr']}), RTE {s['rte_steps']} (EigenLoRA lr {s['eigen_lr']}); batch "
-            f"{s['batch']}; dev examples: SST-2 {s['eval_limit']} of 872, RTE {s['rte_eval_limit']} "
-            f"of 277; max length 64 (RTE {s['rte_max_length']}); seed {s['seed']}. Environment: "
-            "OPS_STEPS, OPS_QAT_STEPS, OPS_FT_STEPS, OPS_RTE_STEPS, OPS_BATCH, OPS_EVAL_LIMIT, "
-            "OPS_RTE_EVAL_LIMIT, OPS_LR, OPS_FT_LR, OPS_EIGEN_LR, OPS_SEED.", "",
-            f"The first (uncached) run took {r['first_run_seconds']:.0f}s on a 2-core CPU shared with "
-            f"other jobs (training: {secs}; full fine-tune {r['extraction']['train_seconds']:.0f}s); "
+            f"Steps: SST-2 adapters {s['steps']} (lr {s['lr']}, also for RTE), the "
+            f"same for 1-bit QAT (trained from the same initialisation, quantised in every forward); "
+            f"full fine-tune {s['ft_steps']} (lr {s['ft_lr']}), RTE {s['rte_steps']} (EigenLoRA lr "
+            f"{s['eigen_lr']}); batch {s['batch']}; dev examples: SST-2 {s['eval_limit']} of 872, "
+            f"RTE {s['rte_eval_limit']} of 277; max length 64 (RTE {s['rte_max_length']}); seed "
+            f"{s['seed']}. Environment: OPS_STEPS, OPS_FT_STEPS, OPS_RTE_STEPS, OPS_BATCH, "
+            "OPS_EVAL_LIMIT, OPS_RTE_EVAL_LIMIT, OPS_LR, OPS_FT_LR, OPS_EIGEN_LR, "
+            "OPS_SEED.", "",
+            f"The first (uncached) run took {r['first_run_seconds']:.0f}s on {r.get('host', 'this machine')} "
+            f"(training: {secs}; full fine-tune {r['extraction']['train_seconds']:.0f}s); "
             f"this invocation took {r['wall_seconds']:.0f}s, reusing what runs/operations/ caches. "
             "The step counts are far below a converged run: compare rows within a table, which "
             "share one budget, rather than with published numbers.", ""]

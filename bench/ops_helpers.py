@@ -30,15 +30,14 @@ def _env(name: str, default: float) -> float:
 class Settings:
     """Step counts and limits (environment variables in brackets)."""
 
-    steps: int = int(_env("OPS_STEPS", 40))  # SST-2 adapters [OPS_STEPS]
-    qat_steps: int = int(_env("OPS_QAT_STEPS", 20))  # QAT, continuing the fp32 adapter
-    ft_steps: int = int(_env("OPS_FT_STEPS", 30))  # full fine-tune of MiniLM on SST-2
-    rte_steps: int = int(_env("OPS_RTE_STEPS", 30))  # RTE LoRA / EigenLoRA / head only
+    steps: int = int(_env("OPS_STEPS", 200))  # SST-2 adapters, fp32 and QAT [OPS_STEPS]
+    ft_steps: int = int(_env("OPS_FT_STEPS", 150))  # full fine-tune of MiniLM on SST-2
+    rte_steps: int = int(_env("OPS_RTE_STEPS", 200))  # RTE LoRA / EigenLoRA
     batch: int = int(_env("OPS_BATCH", 32))
     eval_limit: int = int(_env("OPS_EVAL_LIMIT", 872))  # SST-2 dev examples (872 = all)
     rte_eval_limit: int = int(_env("OPS_RTE_EVAL_LIMIT", 277))  # RTE dev examples (277 = all)
     rte_max_length: int = int(_env("OPS_RTE_MAXLEN", 128))
-    lr: float = _env("OPS_LR", 2e-3)
+    lr: float = _env("OPS_LR", 2e-3)  # SST-2 and RTE adapters
     ft_lr: float = _env("OPS_FT_LR", 1e-4)
     eigen_lr: float = _env("OPS_EIGEN_LR", 5e-3)
     seed: int = int(_env("OPS_SEED", 0))

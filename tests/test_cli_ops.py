@@ -94,3 +94,55 @@ def test_cli_ops_errors(dirs, tmp_path, capsys) -> None:
     assert main(["extract", "--base", str(base), "--finetuned", str(base), "--out",
                  str(tmp_path / "x")]) == 2
     assert "no targeted weight differs" in capsys.readouterr().err
+
+
+def test_combine_from_directories(dirs, tmp_path, capsys) -> None:
+    base, ft, task = dirs
+    x = tmp_path / "x"
+    assert main(["extract", "--base", str(base), "--finetuned", str(ft), "--rank", "2",
+                 "--targets", "attn.q", "attn.v", "--task", str(task), "--out", str(x)]) == 0
+    torch.manual_seed(3)
+    kit = ak.AdapterKit(T.BertForSequenceClassification.from_pretrained(base, num_labels=2))
+    kit.add("y", ak.LoRA(r=3, targets=("attn.q", "attn.v")))
+    with torch.no_grad():
+        for p in kit.parameters("y"):
+            p.normal_(0, 0.2)
+    kit.save("y", tmp_path / "y")
+    out = tmp_path / "c"
+    assert main(["combine", f"{x}=0.7", f"{tmp_path / 'y'}=0.3", "--how", "cat", "--model",
+                 str(base), "--head-from", str(x), "--out", str(out)]) == 0
+    assert "cat of" in capsys.readouterr().out
+    meta = json.loads((out / "adapter_config.json").read_text())
+    assert meta["heads"] == ["classifier"] and meta["training"]["task"] == str(task)
+    assert meta["combined"]["sources"] == {str(x): 0.7, str(tmp_path / "y"): 0.3}
+    # the same combination in Python, with x's head
+    ref = ak.AdapterKit(T.BertForSequenceClassification.from_pretrained(base, num_labels=2))
+    ref.load(tmp_path / "y", name="y")
+    ref.load(x, name="x")
+    ref.combine("c", {"x": 0.7, "y": 0.3}, how="cat")
+    ref.activate("c")
+    model = T.BertForSequenceClassification.from_pretrained(base, num_labels=2)
+    fresh = ak.AdapterKit(model)
+    fresh.activate(fresh.load(out))
+    torch.testing.assert_close(_logits(model, base), _logits(ref.model, base), atol=1e-6, rtol=0)
+    assert main(["eval", str(out), "--model", str(base)]) == 0
+
+
+def test_combine_cli_errors(dirs, tmp_path, capsys) -> None:
+    base = dirs[0]
+    kit = ak.AdapterKit(T.BertForSequenceClassification.from_pretrained(base, num_labels=2))
+    kit.add("a", ak.LoRA(r=2))
+    kit.add("b", ak.Bottleneck(reduction=4))
+    kit.save("a", tmp_path / "a")
+    kit.save("b", tmp_path / "b")
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert main(["combine", a, b, "--out", str(tmp_path / "c")]) == 2
+    assert "record no base model; pass --model" in capsys.readouterr().err
+    assert main(["combine", a, b, "--model", str(base), "--out", str(tmp_path / "c")]) == 2
+    assert "lora" in capsys.readouterr().err.lower()
+    assert main(["combine", f"{a}=x", "--model", str(base), "--out", str(tmp_path / "c")]) == 2
+    assert "numeric weight" in capsys.readouterr().err
+    assert main(["combine", a, "--model", str(base), "--head-from", b,
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "not one of the adapters" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

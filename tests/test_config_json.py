@@ -39,7 +39,7 @@ EXAMPLES: dict[str, dict[str, tuple[Any, ...]]] = {
     "bottleneck": {"placement": ("attn", "both"), "mode": ("parallel",),
                    "non_linearity": ("gelu", "identity")},
     "compacter": {"placement": ("attn", "both"), "non_linearity": ("relu", "tanh")},
-    "eigenlora": {"basis": ("elsewhere/basis.safetensors",)},
+    "eigenlora": {"basis": ("elsewhere/basis.safetensors",), "digest": ("0f" * 32,)},
     "fusion": {"adapters": (("x", "y", "z"),)},
     "invertible": {"coupling": ("glow",), "non_linearity": ("gelu", "tanh")},
     "lora": {"init": ("gaussian", "zeros", "pissa"),

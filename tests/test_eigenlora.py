@@ -98,3 +98,56 @@ def test_eigenlora_config_errors(tmp_path) -> None:
     with pytest.raises(ak.TargetError, match="built for another model"):
         ak.AdapterKit(build("gpt2")).add("e", ak.EigenLoRA(basis=path))
     assert kit.names == []
+
+
+def _trained_eigenlora(tmp_path, basis: str) -> tuple[ak.AdapterKit, torch.Tensor, dict]:
+    kit = ak.AdapterKit(build("bert"))
+    kit.add("e", ak.EigenLoRA(basis=basis, k=4, r=2, alpha=4))
+    perturb(kit, "e", std=0.5, seed=9)
+    kit.activate("e")
+    x = inputs_for("bert")
+    return kit, run(kit.model, "bert", x), x
+
+
+def test_eigenlora_records_the_basis_digest_and_refuses_another_file(tmp_path) -> None:
+    import hashlib
+    import json
+
+    _, dirs = _sources(tmp_path)
+    basis = tmp_path / "basis.safetensors"
+    ak.principal_subspace(dirs, 4, basis)
+    kit, _, _ = _trained_eigenlora(tmp_path, str(basis))
+    want = hashlib.sha256(basis.read_bytes()).hexdigest()
+    assert kit.record("e").config.digest == want
+    kit.save("e", tmp_path / "e")
+    saved = json.loads((tmp_path / "e" / "adapter_config.json").read_text())
+    assert saved["config"]["digest"] == want
+    # another basis written at the same path: loading must refuse it, naming the file
+    ak.principal_subspace(dirs[:2], 4, basis, seed=1)
+    assert hashlib.sha256(basis.read_bytes()).hexdigest() != want
+    fresh = ak.AdapterKit(build("bert"))
+    with pytest.raises(ak.ConfigError, match="not the one this adapter was trained on"):
+        fresh.load(tmp_path / "e")
+    assert fresh.names == []
+    with pytest.raises(ak.ConfigError, match="SHA-256"):
+        ak.EigenLoRA(basis=str(basis), digest="abc")
+
+
+def test_eigenlora_finds_a_basis_moved_with_its_adapter(tmp_path) -> None:
+    import shutil
+
+    _, dirs = _sources(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    ak.principal_subspace(dirs, 4, shared / "qv.safetensors")
+    kit, want, x = _trained_eigenlora(tmp_path, str(shared / "qv.safetensors"))
+    kit.save("e", shared / "task")
+    moved = tmp_path / "moved"
+    shutil.move(str(shared), str(moved))  # the basis and the adapter move together
+    fresh = ak.AdapterKit(build("bert"))
+    fresh.activate(fresh.load(moved / "task"))
+    assert fresh.record("e").config.basis == str(moved / "qv.safetensors")
+    assert torch.equal(run(fresh.model, "bert", x), want)
+    (moved / "qv.safetensors").unlink()
+    with pytest.raises(ak.ConfigError, match="not found"):
+        ak.AdapterKit(build("bert")).load(moved / "task")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import adapterkit as ak
 from adapterkit.io.peft import PeftExportError
 
-from .helpers import kit_snapshot, perturb, set_config_field
+from .helpers import kit_snapshot, peft_cache_issue, perturb, set_config_field
 from .models import build, inputs_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:Position ids are not supported:UserWarning")
@@ -58,6 +58,8 @@ def _logits(model: Any, family: str) -> torch.Tensor:
 
 @pytest.mark.parametrize(("family", "kind"), CASES)
 def test_peft_checkpoint_loads_with_peft_outputs(family: str, kind: str, tmp_path: Path) -> None:
+    if family == "bert" and kind.startswith("prefix") and (why := peft_cache_issue()):
+        pytest.skip(why)
     pm = _peft_checkpoint(family, kind, tmp_path / "ckpt")
     model = build(family).eval()
     base = _logits(model, family)
@@ -95,6 +97,8 @@ EXPORTS: dict[str, Any] = {
 @pytest.mark.parametrize("kind", EXPORTS)
 @pytest.mark.parametrize("family", TASKS)
 def test_export_loads_in_peft_with_equal_outputs(family: str, kind: str, tmp_path: Path) -> None:
+    if family == "bert" and kind.startswith("prefix") and (why := peft_cache_issue()):
+        pytest.skip(why)
     model = build(family)
     kit = ak.AdapterKit(model)
     kit.add("a", EXPORTS[kind])

@@ -17,7 +17,7 @@ from torch import nn
 import adapterkit as ak
 from adapterkit.io import WEIGHTS_FILE
 
-from .helpers import peft_pair, perturb
+from .helpers import peft_cache_issue, peft_pair, perturb
 from .models import build, inputs_for
 
 # PEFT drops the position_ids generate() passes to a prompt-tuned model, with a warning
@@ -81,6 +81,8 @@ def test_prompt_tuning_matches_peft(family: str) -> None:
 
 @pytest.mark.parametrize("family", list(TASKS))
 def test_prefix_tuning_matches_peft(family: str) -> None:
+    if family == "bert" and (why := peft_cache_issue()):
+        pytest.skip(why)
     ours, kit, theirs = _pair(family, ak.PrefixTuning(num_tokens=P), peft.PrefixTuningConfig(
         task_type=TASKS[family], num_virtual_tokens=P, prefix_projection=False))
     (module,) = kit.record("a").modules.values()
@@ -91,6 +93,8 @@ def test_prefix_tuning_matches_peft(family: str) -> None:
 
 @pytest.mark.parametrize("family", list(TASKS))
 def test_reparameterized_prefix_matches_peft(family: str) -> None:
+    if family == "bert" and (why := peft_cache_issue()):
+        pytest.skip(why)
     ours, kit, theirs = _pair(
         family, ak.PrefixTuning(num_tokens=P, reparameterize=True, hidden=16),
         peft.PrefixTuningConfig(task_type=TASKS[family], num_virtual_tokens=P,
@@ -105,6 +109,8 @@ def test_reparameterized_prefix_matches_peft(family: str) -> None:
 
 @pytest.mark.parametrize("method", ["prompt", "prefix"])
 def test_generate_matches_peft(method: str) -> None:
+    if why := peft_cache_issue():
+        pytest.skip(why)
     if method == "prompt":
         cfg, pcfg, key = ak.PromptTuning(num_tokens=P), peft.PromptTuningConfig, "prompt"
     else:
@@ -150,6 +156,8 @@ def test_generate_with_cache_equals_greedy(family: str, config: Any, padded: boo
               eos_token_id=None, output_logits=True, return_dict_in_generate=True)
     out = model.generate(ids, **kw)
     assert torch.equal(out.sequences, _greedy(model, ids, mask, 4))
+    # without the cache: each step starts afresh, whatever generate() hands back
+    assert torch.equal(model.generate(ids, use_cache=False, **kw).sequences, out.sequences)
     kit.activate(None)
     plain = model.generate(ids, **kw)
     assert torch.equal(plain.sequences, _greedy(model, ids, mask, 4))

@@ -168,6 +168,9 @@ def test_generate_routed_rows_equal_each_row_alone(family: str, padded: bool) ->
     assert torch.equal(res.sequences, torch.cat(seqs))
     torch.testing.assert_close(torch.stack(res.logits, 1), torch.cat(logits), **TOL)
     assert len({tuple(s[0, S:].tolist()) for s in seqs}) > 1  # the rows do generate differently
+    with kit.route(ids):  # without the cache, every step starts afresh
+        assert torch.equal(model.generate(prompt, attention_mask=mask, use_cache=False,
+                                          **kw).sequences, res.sequences)
     if padded:  # beam search: two rows per example, reordered in the cache at every step
         beams = {"num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 3, "do_sample": False,
                  "pad_token_id": 0}

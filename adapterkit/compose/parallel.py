@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..composition import CompositionError
+from ..methods.inputs import get_cache
 
 
 def batch_size(args: tuple, kwargs: dict) -> int | None:
@@ -34,7 +35,7 @@ class ParallelPreHook:
         n = state.replicas
         if n <= 1:
             return None
-        if kwargs.get("past_key_values") is not None:
+        if get_cache(kwargs) is not None:
             raise CompositionError(
                 "Parallel runs single forward passes; generate() and KV caches are not supported "
                 "(run one generate() per adapter, or use Route)")

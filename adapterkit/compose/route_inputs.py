@@ -35,7 +35,15 @@ from torch import nn
 from ..composition import BASE, Block, Composition, CompositionError, Route, Stack, walk
 from ..errors import AdapterError
 from ..methods.base import AdapterModule, MethodKind
-from ..methods.inputs import InputAdapterModule, batch_of, cache_is_empty, check_mask, pad_front
+from ..methods.inputs import (
+    InputAdapterModule,
+    batch_of,
+    cache_is_empty,
+    check_mask,
+    incoming_cache,
+    pad_front,
+    set_cache,
+)
 from ..methods.prefix import fill_cache
 from .cache import StackCache, plain
 from .nodes import _unit
@@ -101,7 +109,7 @@ class RoutedInputs:
         self.slots = sum(k.slots for k in (self.prompt, self.prefix) if k is not None)
 
     def prepare(self, model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
-        past = kwargs.get("past_key_values")
+        past = incoming_cache(kwargs)
         fresh = cache_is_empty(past)
         tokens = kwargs.get("input_ids")
         tokens = tokens if isinstance(tokens, torch.Tensor) else kwargs["inputs_embeds"]
@@ -117,7 +125,7 @@ class RoutedInputs:
         if self.prefix is not None:
             idx, keep = self.prefix.per_row(n, device)
             if fresh:
-                kwargs["past_key_values"] = fill_cache(model, past, self.prefix.table(idx))
+                set_cache(model, kwargs, fill_cache(model, past, self.prefix.table(idx)))
             kwargs = _shift(kwargs, keep)
         return kwargs
 

@@ -104,6 +104,8 @@ def _plan_from_meta(kit: AdapterKit, meta: dict[str, Any], name: str | None,
         config = config_from_dict(meta["config"])
     except (ConfigError, TypeError) as exc:
         raise LoadError(f"{directory}: bad method config: {exc}") from None
+    if hasattr(config, "relocated"):  # a config naming a file (EigenLoRA's basis) finds it
+        config = config.relocated(directory)
     record = kit.plan(name or str(meta["name"]), config)
     heads = meta.get("heads", [])
     missing = [h for h in heads if h not in kit.finder().modules]

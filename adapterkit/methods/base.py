@@ -135,3 +135,6 @@ class MethodSpec:
     specialize: Callable[[Any], MethodSpec] | None = None
     #: why a config of this method cannot be merged, for ``kit.merge``'s error ("": the kind)
     merge_note: str = ""
+    #: the config as it is recorded and saved, completed from what it reads (EigenLoRA: the
+    #: digest of its basis file); None: the config as given
+    resolve: Callable[[Any, SiteFinder], Any] | None = None

@@ -13,13 +13,18 @@ coefficients (the paper's "loadings") ``C_A``, ``C_B``: (K, r) of its factors on
 so a site trains ``2 K r`` numbers instead of LoRA's ``r (in + out)``, and the adapter merges
 like a LoRA. ``C_B`` starts at zero (the adapter starts as the identity) and ``C_A`` uniform in
 ``+-1/sqrt(K)`` (rows of ``A`` of about LoRA's initial norm). The bases are frozen buffers read
-from the ``basis`` safetensors file when the adapter is built and are not saved with it, so the
-file must be at that path when the adapter is loaded.
+from the ``basis`` safetensors file when the adapter is built and are not saved with it: one
+basis serves many adapters. The adapter records the file's SHA-256 (``digest``, filled in when
+it is added), so a different file at that path is refused rather than silently giving other
+outputs. Loading looks for the basis at its recorded path, then by its file name in the adapter's
+directory and that directory's parent (a basis moved together with its adapters).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,7 +45,8 @@ class EigenLoRA:
 
     ``k``: how many leading components of the basis to use (None: all it holds); ``r``: the rank
     of the factors; ``alpha``: scale numerator (``s = alpha / r``); ``targets``: roles or patterns
-    (None: every site the basis has).
+    (None: every site the basis has); ``digest``: the SHA-256 (hex) the basis file must have
+    (None: filled in from the file when the adapter is added).
     """
 
     basis: str
@@ -48,6 +54,7 @@ class EigenLoRA:
     r: int = 8
     alpha: float = 8
     targets: tuple[str, ...] | None = None
+    digest: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.basis, str) or not self.basis:
@@ -59,10 +66,49 @@ class EigenLoRA:
         check_positive("EigenLoRA", "alpha", self.alpha)
         if self.targets is not None:
             object.__setattr__(self, "targets", _as_targets(self.targets))
+        if self.digest is not None and (not isinstance(self.digest, str) or len(self.digest) != 64):
+            raise ConfigError(f"EigenLoRA.digest must be a 64-character SHA-256 hex string, got "
+                              f"{self.digest!r}")
 
     @property
     def scale(self) -> float:
         return self.alpha / self.r
+
+    def relocated(self, directory: str | os.PathLike) -> EigenLoRA:
+        """This config with ``basis`` found for an adapter saved in ``directory``: the recorded
+        path if the file is there, else the same file name in ``directory`` or its parent."""
+        if Path(self.basis).is_file():
+            return self
+        d = Path(directory)
+        for candidate in (d / Path(self.basis).name, d.parent / Path(self.basis).name):
+            if candidate.is_file():
+                return replace(self, basis=str(candidate))
+        return self
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 (hex) of the file at ``path``."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _resolve(config: EigenLoRA, finder: SiteFinder) -> EigenLoRA:
+    """``config`` with the digest of its basis file, which must match a recorded one."""
+    read_basis(config.basis, finder)  # a missing or unreadable file is reported first
+    key = ("eigenlora.digest", config.basis)
+    if key not in finder.memo:
+        finder.memo[key] = file_digest(config.basis)
+    found = finder.memo[key]
+    if config.digest is None:
+        return replace(config, digest=found)
+    if config.digest != found:
+        raise ConfigError(f"EigenLoRA basis file {config.basis!r} is not the one this adapter was "
+                          f"trained on: its SHA-256 is {found[:16]}..., the adapter records "
+                          f"{config.digest[:16]}...")
+    return config
 
 
 def read_basis(path: str, finder: SiteFinder | None = None) -> dict[str, torch.Tensor]:
@@ -158,4 +204,5 @@ register(MethodSpec(
     name="eigenlora", config_cls=EigenLoRA, kind=MethodKind.WEIGHT_DELTA, mergeable=True, routable=True,
     find_sites=_find_sites, build=_build, paper="Kaushik et al. 2025, arXiv:2502.04700",
     sites_used="Linear, Conv1D (sites of the basis, or targets)",
+    resolve=_resolve,
 ))

@@ -82,13 +82,51 @@ def as_kwargs(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
     return {**dict(zip(names, args)), **kwargs}
 
 
+#: the KV-cache keyword of a transformers forward: ``cache`` from transformers 5.24 on (which
+#: still maps a ``past_key_values`` argument onto it), ``past_key_values`` before
+CACHE_NAMES = ("cache", "past_key_values")
+_TAKES_CACHE: dict[type, bool] = {}
+
+
+def get_cache(kwargs: dict[str, Any]) -> Any:
+    """The KV cache in a forward's keyword arguments, under either name; None when absent."""
+    for name in CACHE_NAMES:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
+def incoming_cache(kwargs: dict[str, Any]) -> Any:
+    """The KV cache this forward extends: ``get_cache``, except None under ``use_cache=False``,
+    where a cache present can only be the one an input adapter filled in an earlier call
+    (``generate(use_cache=False)`` hands it back) and every call starts afresh."""
+    return None if kwargs.get("use_cache") is False else get_cache(kwargs)
+
+
+def set_cache(model: nn.Module, kwargs: dict[str, Any], cache: Any) -> None:
+    """Put ``cache`` in ``kwargs`` under the name the caller used, else the one
+    ``model.forward`` takes; the other name is dropped."""
+    present = [n for n in CACHE_NAMES if kwargs.get(n) is not None]
+    if present:
+        name = present[0]
+    else:
+        takes = _TAKES_CACHE.get(type(model))
+        if takes is None:
+            takes = _TAKES_CACHE[type(model)] = "cache" in inspect.signature(model.forward).parameters
+        name = "cache" if takes else "past_key_values"
+    for n in CACHE_NAMES:
+        kwargs.pop(n, None)
+    kwargs[name] = cache
+
+
 def cache_is_empty(past: Any) -> bool:
     """True when no tokens have been cached yet: the first forward, or no cache at all."""
     if past is None:
         return True
     if hasattr(past, "get_seq_length"):
         return int(past.get_seq_length()) == 0
-    raise AdapterError(f"past_key_values must be a transformers Cache, got {type(past).__name__}")
+    raise AdapterError(f"the KV cache (past_key_values) must be a transformers Cache, got "
+                       f"{type(past).__name__}")
 
 
 def check_mask(mask: Any) -> torch.Tensor:

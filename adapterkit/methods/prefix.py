@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..sites import SiteFinder
 from . import register
 from .base import MethodKind, MethodSpec, Site
-from .inputs import InputAdapterModule, batch_of, cache_is_empty, grow, input_site
+from .inputs import InputAdapterModule, batch_of, cache_is_empty, grow, incoming_cache, input_site, set_cache
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,9 @@ class PrefixModule(InputAdapterModule):
         return fill_cache(model, cache, self.table()[None].expand(batch, -1, -1))
 
     def prepare(self, model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
-        past = kwargs.get("past_key_values")
+        past = incoming_cache(kwargs)
         if cache_is_empty(past):
-            kwargs["past_key_values"] = self.fill(model, past, batch_of(kwargs))
+            set_cache(model, kwargs, self.fill(model, past, batch_of(kwargs)))
         return grow(kwargs, self.num_tokens)
 
 

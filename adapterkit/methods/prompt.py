@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..sites import SiteFinder
 from . import register
 from .base import MethodKind, MethodSpec, Site
-from .inputs import InputAdapterModule, batch_of, cache_is_empty, grow, input_site, pad_front
+from .inputs import InputAdapterModule, batch_of, cache_is_empty, grow, incoming_cache, input_site, pad_front
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class PromptModule(InputAdapterModule):
 
     def prepare(self, model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
         n = self.num_tokens
-        if not cache_is_empty(kwargs.get("past_key_values")):
+        if not cache_is_empty(incoming_cache(kwargs)):
             return grow(kwargs, n)  # a decoding step: the prompt is in the cache
         b = batch_of(kwargs)
         ids = kwargs.pop("input_ids", None)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import AdapterError
 from .base import AdapterModule, MethodKind
-from .inputs import InputAdapterModule, cache_is_empty
+from .inputs import InputAdapterModule, cache_is_empty, get_cache, incoming_cache
 
 
 class UnionModule(AdapterModule):
@@ -114,9 +114,9 @@ class GatedPrefix(InputAdapterModule):
         self.pending: _Pending | None = None
 
     def prepare(self, model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
-        fresh = cache_is_empty(kwargs.get("past_key_values"))
+        fresh = cache_is_empty(incoming_cache(kwargs))
         kwargs = self.inner.prepare(model, kwargs)
-        self.pending = _Pending(kwargs["past_key_values"]) if fresh else None
+        self.pending = _Pending(get_cache(kwargs)) if fresh else None
         return kwargs
 
     def attached(self, host: nn.Module) -> None:
