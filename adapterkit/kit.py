@@ -53,12 +53,19 @@ class AdapterKit(Compositions):
 
     def __new__(cls, model: nn.Module, layout: str | Layout | None = None) -> AdapterKit:
         existing = model.__dict__.get(_ATTR)
+        if isinstance(layout, str):
+            layout = get_layout(layout)
         if isinstance(existing, cls):
+            if layout is not None and layout != existing.layout:
+                if existing._records:
+                    raise ConfigError(
+                        f"this model's kit uses layout {getattr(existing.layout, 'family', None)!r} "
+                        f"and holds adapters {list(existing._records)}; remove them before "
+                        f"switching to layout {layout.family!r}")
+                existing.layout = layout
             return existing
         self = super().__new__(cls)
         self.model = model
-        if isinstance(layout, str):
-            layout = get_layout(layout)
         self.layout = layout if layout is not None else layout_for(model_type_of(model))
         self._exec = Executor(model)
         self._records: dict[str, AdapterRecord] = {}

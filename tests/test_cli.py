@@ -54,8 +54,9 @@ def test_train_eval_info(model_dir, task_dir, tmp_path, capsys, method: str) -> 
     assert f"method   {method}" in info and "head parameters" in info
 
 
-def test_cli_reports_bad_input(tmp_path, capsys) -> None:
+def test_cli_reports_bad_input(tmp_path, task_dir, capsys) -> None:
     assert main(["info", str(tmp_path)]) == 2
     assert "missing adapter_config.json" in capsys.readouterr().err
-    assert main(["train", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert main(["train", "--model", str(tmp_path), "--task", str(task_dir),
+                 "--out", str(tmp_path / "o")]) == 2
     assert "neither 'minilm' nor a directory holding config.json" in capsys.readouterr().err

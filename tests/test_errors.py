@@ -248,3 +248,15 @@ def test_failed_train_leaves_no_quantisation_behind() -> None:
     record = kit.record("x")
     assert not any(parametrize.is_parametrized(m) for m in record.modules.values())
     assert kit.active == ()
+
+
+def test_a_second_kit_with_another_layout() -> None:
+    model = build("bert")
+    kit = ak.AdapterKit(model)
+    assert kit.layout.family == "bert"
+    assert ak.AdapterKit(model, layout="roberta") is kit and kit.layout.family == "roberta"
+    kit.add("a", ak.LoRA(r=2))
+    assert ak.AdapterKit(model, layout="roberta") is kit  # the same layout: fine
+    with pytest.raises(ak.ConfigError, match=r"holds adapters \['a'\]; remove them"):
+        ak.AdapterKit(model, layout="bert")
+    assert kit.layout.family == "roberta"
