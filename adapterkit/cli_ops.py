@@ -60,9 +60,10 @@ def _weighted(items: list[str]) -> list[tuple[str, float]]:
     """``DIR`` or ``DIR=WEIGHT`` arguments as (directory, weight); the weight defaults to 1."""
     out = []
     for item in items:
-        d, sep, w = item.rpartition("=") if "=" in item else (item, "", "1")
+        d, sep, w = item.rpartition("=")
+        path, weight = (d, w) if sep else (item, "1")
         try:
-            out.append((d if sep else item, float(w)))
+            out.append((path, float(weight)))
         except ValueError:
             raise AdapterError(f"{item!r}: expected DIR or DIR=WEIGHT with a numeric weight") from None
     return out

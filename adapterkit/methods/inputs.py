@@ -24,7 +24,7 @@ from .base import AdapterModule, Site
 #: layout families whose models take ``inputs_embeds`` and a ``past_key_values`` Cache the way
 #: the input-level methods use them (llama covers mistral, qwen2 and qwen3)
 FAMILIES = ("bert", "roberta", "xlm-roberta", "gpt2", "llama")
-_SIGNATURES: dict[type, tuple[str, ...]] = {}
+_SIGNATURES: dict[type, tuple[Any, ...]] = {}  # forward's parameters, per model class
 
 
 class InputAdapterModule(AdapterModule):
@@ -67,15 +67,19 @@ class InputPreHook:
         return (), kw
 
 
+def forward_params(model: nn.Module) -> tuple[Any, ...]:
+    """The ``inspect.Parameter``s of ``model.forward``, read once per model class."""
+    params = _SIGNATURES.get(type(model))
+    if params is None:
+        params = _SIGNATURES[type(model)] = tuple(inspect.signature(model.forward).parameters.values())
+    return params
+
+
 def as_kwargs(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
     """Positional arguments of ``model.forward`` bound to their names, merged with ``kwargs``."""
     if not args:
         return dict(kwargs)
-    names = _SIGNATURES.get(type(model))
-    if names is None:
-        params = inspect.signature(model.forward).parameters.values()
-        names = _SIGNATURES[type(model)] = tuple(
-            p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    names = [p.name for p in forward_params(model) if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(args) > len(names):
         raise AdapterError(f"{type(model).__name__}.forward got {len(args)} positional arguments; "
                            f"prompt and prefix tuning can name only {len(names)}")
@@ -85,7 +89,6 @@ def as_kwargs(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
 #: the KV-cache keyword of a transformers forward: ``cache`` from transformers 5.24 on (which
 #: still maps a ``past_key_values`` argument onto it), ``past_key_values`` before
 CACHE_NAMES = ("cache", "past_key_values")
-_TAKES_CACHE: dict[type, bool] = {}
 
 
 def get_cache(kwargs: dict[str, Any]) -> Any:
@@ -110,9 +113,7 @@ def set_cache(model: nn.Module, kwargs: dict[str, Any], cache: Any) -> None:
     if present:
         name = present[0]
     else:
-        takes = _TAKES_CACHE.get(type(model))
-        if takes is None:
-            takes = _TAKES_CACHE[type(model)] = "cache" in inspect.signature(model.forward).parameters
+        takes = any(p.name == "cache" for p in forward_params(model))
         name = "cache" if takes else "past_key_values"
     for n in CACHE_NAMES:
         kwargs.pop(n, None)
