@@ -39,7 +39,8 @@ class Settings:
     rte_max_length: int = int(_env("OPS_RTE_MAXLEN", 128))
     lr: float = _env("OPS_LR", 2e-3)  # SST-2 and RTE adapters
     ft_lr: float = _env("OPS_FT_LR", 1e-4)
-    eigen_lr: float = _env("OPS_EIGEN_LR", 5e-3)
+    eigen_lrs: tuple[float, ...] = tuple(  # EigenLoRA coefficients, one run each
+        float(x) for x in os.environ.get("OPS_EIGEN_LRS", "0.005,0.02").split(","))
     seed: int = int(_env("OPS_SEED", 0))
     runs: str = os.environ.get("OPS_RUNS", str(ROOT / "runs" / "operations"))
 
@@ -61,6 +62,7 @@ class Bench:
         self._evals_path = self.runs / "evals.json"
         self._evals = json.loads(self._evals_path.read_text()) if self._evals_path.is_file() else {}
         self.train_seconds: dict[str, float] = {}
+        self.train_threads: dict[str, int | None] = {}
 
     def data(self, task: str, split: str) -> list[Example]:
         if (task, split) not in self._data:
@@ -82,7 +84,8 @@ class Bench:
         out = self.runs / key
         meta = out / "bench.json"
         if meta.is_file():
-            self.train_seconds[key] = json.loads(meta.read_text())["train_seconds"]
+            saved = json.loads(meta.read_text())
+            self.train_seconds[key], self.train_threads[key] = saved["train_seconds"], saved.get("threads")
             return out
         model, tok = self.model(seed=self.s.seed)
         kit = ak.AdapterKit(model)
@@ -90,8 +93,9 @@ class Bench:
         print(f"training {key}: {steps} steps", flush=True)
         result = train_adapter(kit, name, tok, self.data(task, "train"), self.targs(task, steps, lr))
         kit.save(name, out)
-        self.train_seconds[key] = result.seconds
-        meta.write_text(json.dumps({"train_seconds": result.seconds, "steps": steps,
+        self.train_seconds[key], self.train_threads[key] = result.seconds, torch.get_num_threads()
+        meta.write_text(json.dumps({"train_seconds": result.seconds, "threads": torch.get_num_threads(),
+                                    "steps": steps,
                                     "final_loss": result.losses[-1]}))
         return out
 
