@@ -41,7 +41,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         heads = () if args.heads == ["none"] else tuple(args.heads)
     energy = None if args.rank is not None or args.energy >= 1.0 else args.energy
     report = extract_lora(base, ft, rank=args.rank, energy=energy, targets=tuple(args.targets),
-                          name=args.name, include_heads=heads)
+                          name=args.name, include_heads=heads, progress=True)
     kit = AdapterKit(base)
     if args.task:
         kit.record(args.name).extra["training"] = {"model": args.base, "task": args.task}

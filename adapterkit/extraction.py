@@ -25,6 +25,7 @@ from .errors import AdapterError
 from .lowrank_adapters import build_lora, exact_pattern, lora_config
 from .ops import extract_lora_from_weights
 from .ops.lowrank import LoRAFactors
+from .progress import progress as bar
 from .sites import dense_weight, is_linear_like
 
 
@@ -150,13 +151,14 @@ def _norm_shares(base: nn.Module, ft: nn.Module, sites: dict[str, dict[str, floa
 def extract_lora(base_model: nn.Module, finetuned_model: nn.Module, rank: int | None = None,
                  energy: float | None = 0.9, targets: tuple[str, ...] = ("all-linear",),
                  name: str = "extracted", include_heads: tuple[str, ...] = (),
-                 add: bool = True) -> ExtractionReport:
+                 add: bool = True, progress: bool = False) -> ExtractionReport:
     """Extract a LoRA adapter approximating ``finetuned_model - base_model`` at ``targets``
     (roles or patterns, resolved on ``base_model``). ``rank`` (fixed per layer) wins over
     ``energy``; with both None every layer keeps its full (exact) rank. With ``add`` the
     adapter is added to ``AdapterKit(base_model)`` as ``name``, with the ``include_heads``
     modules copied from the fine-tune into the base model and saved with the adapter. Sites
-    whose weight did not change are left out. The model is unchanged if this raises."""
+    whose weight did not change are left out; ``progress`` shows a bar over the sites. The model
+    is unchanged if this raises."""
     from .kit import AdapterKit
 
     kit = AdapterKit(base_model)
@@ -171,7 +173,7 @@ def extract_lora(base_model: nn.Module, finetuned_model: nn.Module, rank: int | 
     sites: dict[str, dict[str, float]] = {}
     base_modules = kit.finder().modules
     with torch.no_grad():
-        for path in paths:  # one layer at a time
+        for path in bar(paths, len(paths), "extract", progress):  # one layer at a time
             w_b, w_f = dense_weight(base_modules[path]), dense_weight(ft_modules[path])
             f, kept = extract_lora_from_weights(w_b.detach(), w_f.detach(), rank, energy)
             sites[path] = {"rank": f.rank, "energy": kept, "params": f.num_params,

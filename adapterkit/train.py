@@ -13,6 +13,7 @@ import torch
 
 from .data import Example
 from .kit import AdapterKit
+from .progress import progress
 
 
 @dataclass
@@ -37,17 +38,6 @@ class TrainResult:
     @property
     def seconds_per_step(self) -> float:
         return self.seconds / max(self.steps, 1)
-
-
-def progress(iterable: Any, total: int, desc: str, enabled: bool = True) -> Any:
-    """A tqdm bar when tqdm is installed and enabled, else the iterable itself."""
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True)
 
 
 def encode(tokenizer: Any, batch: Sequence[Example], max_length: int) -> dict[str, torch.Tensor]:

@@ -39,9 +39,11 @@ def test_full_rank_extraction_reproduces_the_finetune(family: str, targets) -> N
     assert not torch.allclose(run(base, family, x), want, atol=1e-4)
 
 
-def test_energy_and_rank_choices_are_reported() -> None:
+def test_energy_and_rank_choices_are_reported(capsys) -> None:
     base, ft = _finetune("bert", ("all-linear",))
-    report = ak.extract_lora(base, ft, energy=0.6, name="e60", add=False)
+    report = ak.extract_lora(base, ft, energy=0.6, name="e60", add=False, progress=True)
+    err, n = capsys.readouterr().err, len(report.sites)
+    assert "extract: 100%|" in err and f"{n}/{n}" in err  # a bar over the sites
     assert all(s["energy"] >= 0.6 - 1e-6 for s in report.sites.values())
     assert 0 < report.adapter_params < report.full_params
     assert report.share_kept + report.share_lost_in_targets == pytest.approx(1.0)
