@@ -82,7 +82,26 @@ def part_quantization(b: Bench) -> dict[str, Any]:
                        "qat_dir": str(qat_q)}
     dev = b.data("sst2", "dev")
     out["majority"] = max(sum(e.label == c for e in dev) for c in (0, 1)) / len(dev)
+    out["seeds"] = _more_seeds(b, out)
     return out
+
+
+def _more_seeds(b: Bench, out: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """fp32 and 1-bit QAT accuracy per seed (the main rows' seed first), for each method."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for method, make in METHODS.items():
+        one = out[method]["rows"][-1]
+        runs[method] = [{"seed": b.s.seed, "fp32": out[method]["rows"][0]["ptq"], "qat1": one["qat"]}]
+        for seed in b.s.more_seeds:
+            key = f"sst2_{method}_s{b.s.steps}_seed{seed}"
+            fp32 = b.train(key, "sst2", b.s.steps, b.s.lr, _adder("sst2", make()), seed=seed)
+            qat = b.train(f"{key}_qat1", "sst2", b.s.steps, b.s.lr, _qat("sst2", make(), 1), seed=seed)
+            qat_q = b.runs / f"{qat.name}_q1"
+            if not qat_q.is_dir():
+                ak.quantize(qat, 1, qat_q)
+            runs[method].append({"seed": seed, "fp32": b.evaluate(fp32, "sst2"),
+                                 "qat1": b.evaluate(qat_q, "sst2")})
+    return runs
 
 
 def _full_finetune(b: Bench, out: Path) -> float:

@@ -44,7 +44,7 @@ def _quant(q: dict[str, Any]) -> list[str]:
     out = ["## (a) Low-bit adapters on SST-2", ""]
     majority = q["majority"]
     for method, res in q.items():
-        if method == "majority":
+        if method in ("majority", "seeds"):
             continue
         rows, fp32 = res["rows"], res["rows"][0]
         lines = []
@@ -55,7 +55,37 @@ def _quant(q: dict[str, Any]) -> list[str]:
         out += [f"**{method}** ({res['params']:,} adapter parameters + the classifier head)", "",
                 table(lines, ("bits", "PTQ dev acc %", "QAT dev acc %", "file bytes", "vs fp32")), "",
                 _goal(method, fp32["ptq"], rows[-1], fp32["bytes"], majority), ""]
-    return out
+    return out + _seeds(q.get("seeds", {}))
+
+
+def _seeds(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    if not runs or all(len(v) < 2 for v in runs.values()):
+        return []
+    methods = list(runs)
+    lines = []
+    for i, first in enumerate(runs[methods[0]]):
+        row = [str(first["seed"])]
+        for m in methods:
+            r = runs[m][i]
+            row += [pct(r["fp32"]), pct(r["qat1"]), f"{100 * (r['qat1'] - r['fp32']):+.1f}"]
+        lines.append(tuple(row))
+    mean = ["mean"]
+    for m in methods:
+        n = len(runs[m])
+        f, q = (sum(r[k] for r in runs[m]) / n for k in ("fp32", "qat1"))
+        mean += [pct(f), pct(q), f"{100 * (q - f):+.1f}"]
+    lines.append(tuple(mean))
+    header = ("seed", *(h for m in methods for h in (f"{m} fp32 %", f"{m} 1-bit QAT %", "change")))
+    verdicts = []
+    for m in methods:
+        n = len(runs[m])
+        loss = 100 * sum(r["fp32"] - r["qat1"] for r in runs[m]) / n
+        verdicts.append(f"{m} {loss:.1f} points lost on average -> " + (
+            "met" if loss <= 1.0 else f"missed by {loss - 1.0:.1f} points"))
+    return ["**Across seeds** (head, adapter initialisation and data order; fp32 and 1-bit QAT "
+            "share each seed):", "", table(lines, header), "",
+            f"The 1-bit QAT goal (<= 1 point lost) on the mean over {len(lines) - 1} seeds: "
+            + "; ".join(verdicts) + ".", ""]
 
 
 def _goal(method: str, fp32_acc: float, one: dict[str, Any], fp32_bytes: int,
@@ -71,7 +101,7 @@ def _goal(method: str, fp32_acc: float, one: dict[str, Any], fp32_bytes: int,
                      + ("goal met" if ok else "goal missed"
                         + (f" (size short by {20 - ratio:.1f}x)" if ratio < 20 else "")
                         + (f" (accuracy short by {loss - 1.0:.1f} points)" if loss > 1.0 else "")))
-    text = f"Goal (>= 20x smaller, <= 1 point lost), {method}: " + "; ".join(parts) + "."
+    text = f"Goal (>= 20x smaller, <= 1 point lost), {method}, this seed: " + "; ".join(parts) + "."
     if fp32_acc <= majority + 0.02:
         text += (f" Not meaningful: the fp32 adapter itself is at the majority-class level "
                  f"({pct(majority)}%), it did not learn in this budget.")
@@ -154,7 +184,7 @@ def _settings(r: dict[str, Any]) -> list[str]:
             f"RTE {s['rte_eval_limit']} of 277; max length 64 (RTE {s['rte_max_length']}); seed "
             f"{s['seed']}. Environment: OPS_STEPS, OPS_FT_STEPS, OPS_RTE_STEPS, OPS_BATCH, "
             "OPS_EVAL_LIMIT, OPS_RTE_EVAL_LIMIT, OPS_LR, OPS_FT_LR, OPS_EIGEN_LRS, "
-            "OPS_SEED.", "",
+            "OPS_SEED, OPS_MORE_SEEDS.", "",
             f"Training (seconds, with the threads torch used): {secs}; full fine-tune "
             f"{x['train_seconds']:.0f}s{_threads(x.get('threads'))}. Trained adapters and "
             f"evaluations are cached in runs/operations/; this invocation took "

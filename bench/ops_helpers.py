@@ -42,6 +42,8 @@ class Settings:
     eigen_lrs: tuple[float, ...] = tuple(  # EigenLoRA coefficients, one run each
         float(x) for x in os.environ.get("OPS_EIGEN_LRS", "0.005,0.02").split(","))
     seed: int = int(_env("OPS_SEED", 0))
+    more_seeds: tuple[int, ...] = tuple(  # fp32 vs 1-bit QAT again with these seeds ("": none)
+        int(x) for x in os.environ.get("OPS_MORE_SEEDS", "1,2").split(",") if x.strip())
     runs: str = os.environ.get("OPS_RUNS", str(ROOT / "runs" / "operations"))
 
     def max_length(self, task: str) -> int:
@@ -74,24 +76,27 @@ class Bench:
     def model(self, seed: int = 12345) -> tuple[Any, Any]:
         return load_classifier("minilm", 2, seed=seed)
 
-    def targs(self, task: str, steps: int, lr: float) -> TrainArgs:
+    def targs(self, task: str, steps: int, lr: float, seed: int | None = None) -> TrainArgs:
         return TrainArgs(steps=steps, batch_size=self.s.batch, max_length=self.s.max_length(task),
-                         lr=lr, seed=self.s.seed, progress=False)
+                         lr=lr, seed=self.s.seed if seed is None else seed, progress=False)
 
     def train(self, key: str, task: str, steps: int, lr: float,
-              setup: Callable[[ak.AdapterKit], str]) -> Path:
-        """Train (or reuse) the adapter ``setup`` adds to a fresh MiniLM; returns its directory."""
+              setup: Callable[[ak.AdapterKit], str], seed: int | None = None) -> Path:
+        """Train (or reuse) the adapter ``setup`` adds to a fresh MiniLM; returns its directory.
+        ``seed`` (default: the settings' one) seeds the head, the adapter's init and the data order."""
         out = self.runs / key
         meta = out / "bench.json"
         if meta.is_file():
             saved = json.loads(meta.read_text())
             self.train_seconds[key], self.train_threads[key] = saved["train_seconds"], saved.get("threads")
             return out
-        model, tok = self.model(seed=self.s.seed)
+        seed = self.s.seed if seed is None else seed
+        model, tok = self.model(seed=seed)
         kit = ak.AdapterKit(model)
         name = setup(kit)
         print(f"training {key}: {steps} steps", flush=True)
-        result = train_adapter(kit, name, tok, self.data(task, "train"), self.targs(task, steps, lr))
+        result = train_adapter(kit, name, tok, self.data(task, "train"),
+                               self.targs(task, steps, lr, seed))
         kit.save(name, out)
         self.train_seconds[key], self.train_threads[key] = result.seconds, torch.get_num_threads()
         meta.write_text(json.dumps({"train_seconds": result.seconds, "threads": torch.get_num_threads(),
