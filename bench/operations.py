@@ -73,10 +73,7 @@ def part_quantization(b: Bench) -> dict[str, Any]:
                 ak.quantize(fp32, bits, q)
             rows.append({"bits": bits, "ptq": b.evaluate(q, "sst2"), "bytes": file_bytes(q),
                          "dir_bytes": dir_bytes(q)})
-        qat = b.train(f"{fp32.name}_qat1", "sst2", b.s.steps, lr, _qat("sst2", make(), 1))
-        qat_q = b.runs / f"{qat.name}_q1"
-        if not qat_q.is_dir():
-            ak.quantize(qat, 1, qat_q)
+        qat_q = _qat_run(b, method, b.s.seed, 1.0)
         rows[-1].update(qat=b.evaluate(qat_q, "sst2"), qat_bytes=file_bytes(qat_q))
         out[method] = {"rows": rows, "params": adapter_params(fp32), "dir": str(fp32),
                        "qat_dir": str(qat_q)}
@@ -86,21 +83,34 @@ def part_quantization(b: Bench) -> dict[str, Any]:
     return out
 
 
+def _qat_run(b: Bench, method: str, seed: int, factor: float) -> Path:
+    """The 1-bit checkpoint of ``method`` trained with QAT at ``factor`` times lr with ``seed``."""
+    key = f"sst2_{method}_s{b.s.steps}" + ("" if seed == b.s.seed else f"_seed{seed}") + "_qat1"
+    key += "" if factor == 1 else f"_lrx{factor:g}"
+    qat = b.train(key, "sst2", b.s.steps, b.s.lr * factor, _qat("sst2", METHODS[method](), 1),
+                  seed=seed)
+    qat_q = b.runs / f"{qat.name}_q1"
+    if not qat_q.is_dir():
+        ak.quantize(qat, 1, qat_q)
+    return qat_q
+
+
 def _more_seeds(b: Bench, out: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """fp32 and 1-bit QAT accuracy per seed (the main rows' seed first), for each method."""
+    """fp32 and 1-bit QAT accuracy (per QAT learning-rate factor) per seed, the main rows' seed
+    first, for each method."""
     runs: dict[str, list[dict[str, Any]]] = {}
     for method, make in METHODS.items():
-        one = out[method]["rows"][-1]
-        runs[method] = [{"seed": b.s.seed, "fp32": out[method]["rows"][0]["ptq"], "qat1": one["qat"]}]
-        for seed in b.s.more_seeds:
-            key = f"sst2_{method}_s{b.s.steps}_seed{seed}"
-            fp32 = b.train(key, "sst2", b.s.steps, b.s.lr, _adder("sst2", make()), seed=seed)
-            qat = b.train(f"{key}_qat1", "sst2", b.s.steps, b.s.lr, _qat("sst2", make(), 1), seed=seed)
-            qat_q = b.runs / f"{qat.name}_q1"
-            if not qat_q.is_dir():
-                ak.quantize(qat, 1, qat_q)
-            runs[method].append({"seed": seed, "fp32": b.evaluate(fp32, "sst2"),
-                                 "qat1": b.evaluate(qat_q, "sst2")})
+        runs[method] = []
+        for seed in (b.s.seed, *b.s.more_seeds):
+            if seed == b.s.seed:
+                fp32 = out[method]["rows"][0]["ptq"]
+            else:
+                d = b.train(f"sst2_{method}_s{b.s.steps}_seed{seed}", "sst2", b.s.steps, b.s.lr,
+                            _adder("sst2", make()), seed=seed)
+                fp32 = b.evaluate(d, "sst2")
+            qat = {f"{f:g}": b.evaluate(_qat_run(b, method, seed, f), "sst2")
+                   for f in b.s.qat_lr_factors}
+            runs[method].append({"seed": seed, "fp32": fp32, "qat": qat})
     return runs
 
 

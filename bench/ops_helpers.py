@@ -42,6 +42,8 @@ class Settings:
     eigen_lrs: tuple[float, ...] = tuple(  # EigenLoRA coefficients, one run each
         float(x) for x in os.environ.get("OPS_EIGEN_LRS", "0.005,0.02").split(","))
     seed: int = int(_env("OPS_SEED", 0))
+    qat_lr_factors: tuple[float, ...] = tuple(  # 1-bit QAT learning rates, as multiples of lr
+        float(x) for x in os.environ.get("OPS_QAT_LR_FACTORS", "1,2").split(","))
     more_seeds: tuple[int, ...] = tuple(  # fp32 vs 1-bit QAT again with these seeds ("": none)
         int(x) for x in os.environ.get("OPS_MORE_SEEDS", "1,2").split(",") if x.strip())
     runs: str = os.environ.get("OPS_RUNS", str(ROOT / "runs" / "operations"))
