@@ -62,8 +62,7 @@ def adapter_params(directory: Path) -> int:
 def part_quantization(b: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for method, make in METHODS.items():
-        lr = b.s.lr
-        fp32 = b.train(f"sst2_{method}_s{b.s.steps}", "sst2", b.s.steps, lr,
+        fp32 = b.train(f"sst2_{method}_s{b.s.steps}", "sst2", b.s.steps, b.s.lr,
                        _adder("sst2", make()))
         rows = [{"bits": 32, "ptq": b.evaluate(fp32, "sst2"), "bytes": file_bytes(fp32),
                  "dir_bytes": dir_bytes(fp32)}]
@@ -165,11 +164,11 @@ def part_extraction(b: Bench) -> dict[str, Any]:
                                                 "rank_min", "rank_max", "share_kept",
                                                 "share_untargeted", "top_untargeted")}})
     qv8 = _extract(b, ft_dir, b.runs / f"{ft_dir.name}_qv_r8", rank=8, targets=("attn.q", "attn.v"))
+    ft_meta = json.loads((ft_dir / "bench.json").read_text())
     return {"full_accuracy": full_accuracy, "rows": rows,
             "full_params": sum(p.numel() for p in ft_model.parameters()),
         "qv_r8_dir": str(b.runs / f"{ft_dir.name}_qv_r8"), "qv_r8": qv8,
-        **{k: json.loads((ft_dir / "bench.json").read_text()).get(k)
-           for k in ("train_seconds", "threads")}}
+        **{k: ft_meta.get(k) for k in ("train_seconds", "threads")}}
 
 
 def part_merge(b: Bench, sst2_lora: Path) -> dict[str, Any]:
@@ -240,8 +239,8 @@ def main() -> int:
     b = Bench(s)
     start = time.perf_counter()
     print(f"settings {s.as_dict()}, {threads} threads", flush=True)
-    results: dict[str, Any] = {"settings": s.as_dict(),
-                               "host": f"a {os.cpu_count()}-core CPU ({threads} threads)"}
+    host = f"a {os.cpu_count()}-core CPU ({threads} thread{'s' * (threads != 1)})"
+    results: dict[str, Any] = {"settings": s.as_dict(), "host": host}
     results["quantization"] = part_quantization(b)
     results["extraction"] = part_extraction(b)
     sst2_lora = Path(results["quantization"]["lora"]["dir"])
