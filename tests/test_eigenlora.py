@@ -91,6 +91,9 @@ def test_eigenlora_config_errors(tmp_path) -> None:
     kit = ak.AdapterKit(build("bert"))
     with pytest.raises(ak.ConfigError, match="not found"):
         kit.add("e", ak.EigenLoRA(basis=str(tmp_path / "missing.safetensors")))
+    (tmp_path / "corrupt.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ak.ConfigError, match="is unreadable"):
+        kit.add("e", ak.EigenLoRA(basis=str(tmp_path / "corrupt.safetensors")))
     with pytest.raises(ak.ConfigError, match="k=5 but the basis holds 4"):
         kit.add("e", ak.EigenLoRA(basis=path, k=5))
     with pytest.raises(ak.TargetError, match="have no components in the basis"):

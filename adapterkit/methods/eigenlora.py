@@ -86,22 +86,9 @@ class EigenLoRA:
         return self
 
 
-def file_digest(path: str) -> str:
-    """SHA-256 (hex) of the file at ``path``."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _resolve(config: EigenLoRA, finder: SiteFinder) -> EigenLoRA:
     """``config`` with the digest of its basis file, which must match a recorded one."""
-    read_basis(config.basis, finder)  # a missing or unreadable file is reported first
-    key = ("eigenlora.digest", config.basis)
-    if key not in finder.memo:
-        finder.memo[key] = file_digest(config.basis)
-    found = finder.memo[key]
+    found = _load_basis(config.basis, finder)[1]
     if config.digest is None:
         return replace(config, digest=found)
     if config.digest != found:
@@ -113,22 +100,28 @@ def _resolve(config: EigenLoRA, finder: SiteFinder) -> EigenLoRA:
 
 def read_basis(path: str, finder: SiteFinder | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a basis file (``<site>.A``: (in, K), ``<site>.B``: (out, K)), cached per plan."""
+    return _load_basis(path, finder)[0]
+
+
+def _load_basis(path: str, finder: SiteFinder | None) -> tuple[dict[str, torch.Tensor], str]:
+    """(tensors, SHA-256 hex) of a basis file, from one read of its bytes; cached per plan."""
     key = ("eigenlora.basis", path)
     if finder is not None and key in finder.memo:
         return finder.memo[key]  # type: ignore[return-value]
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     if not Path(path).is_file():
         raise ConfigError(f"EigenLoRA basis file {path!r} not found (make one with "
                           "adapterkit.principal_subspace)")
     try:
-        tensors = load_file(path)
+        data = Path(path).read_bytes()
+        loaded = load(data), hashlib.sha256(data).hexdigest()
     except (SafetensorError, OSError) as exc:
         raise ConfigError(f"EigenLoRA basis file {path!r} is unreadable: {exc}") from None
     if finder is not None:
-        finder.memo[key] = tensors
-    return tensors
+        finder.memo[key] = loaded
+    return loaded
 
 
 def basis_sites(tensors: dict[str, torch.Tensor]) -> list[str]:
