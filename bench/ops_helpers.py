@@ -26,6 +26,11 @@ def _env(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
+def _env_list(name: str, default: str, cast: Callable[[str], Any] = float) -> tuple[Any, ...]:
+    """A comma-separated environment variable as a tuple (empty items dropped)."""
+    return tuple(cast(x) for x in os.environ.get(name, default).split(",") if x.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """Step counts and limits (environment variables in brackets)."""
@@ -39,13 +44,10 @@ class Settings:
     rte_max_length: int = int(_env("OPS_RTE_MAXLEN", 128))
     lr: float = _env("OPS_LR", 2e-3)  # SST-2 and RTE adapters
     ft_lr: float = _env("OPS_FT_LR", 1e-4)
-    eigen_lrs: tuple[float, ...] = tuple(  # EigenLoRA coefficients, one run each
-        float(x) for x in os.environ.get("OPS_EIGEN_LRS", "0.005,0.02").split(","))
+    eigen_lrs: tuple[float, ...] = _env_list("OPS_EIGEN_LRS", "0.005,0.02")  # EigenLoRA, a run each
     seed: int = int(_env("OPS_SEED", 0))
-    qat_lr_factors: tuple[float, ...] = tuple(  # 1-bit QAT learning rates, as multiples of lr
-        float(x) for x in os.environ.get("OPS_QAT_LR_FACTORS", "1,2").split(","))
-    more_seeds: tuple[int, ...] = tuple(  # fp32 vs 1-bit QAT again with these seeds ("": none)
-        int(x) for x in os.environ.get("OPS_MORE_SEEDS", "1,2").split(",") if x.strip())
+    qat_lr_factors: tuple[float, ...] = _env_list("OPS_QAT_LR_FACTORS", "1,2")  # 1-bit QAT lr / lr
+    more_seeds: tuple[int, ...] = _env_list("OPS_MORE_SEEDS", "1,2", int)  # fp32 vs QAT again ("": none)
     runs: str = os.environ.get("OPS_RUNS", str(ROOT / "runs" / "operations"))
 
     def max_length(self, task: str) -> int:

@@ -25,6 +25,7 @@ from .base import AdapterModule, Site
 #: the input-level methods use them (llama covers mistral, qwen2 and qwen3)
 FAMILIES = ("bert", "roberta", "xlm-roberta", "gpt2", "llama")
 _SIGNATURES: dict[type, tuple[Any, ...]] = {}  # forward's parameters, per model class
+_POSITIONAL: dict[type, tuple[str, ...]] = {}  # names forward's positional arguments bind to
 
 
 class InputAdapterModule(AdapterModule):
@@ -79,7 +80,10 @@ def as_kwargs(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
     """Positional arguments of ``model.forward`` bound to their names, merged with ``kwargs``."""
     if not args:
         return dict(kwargs)
-    names = [p.name for p in forward_params(model) if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = _POSITIONAL.get(type(model))
+    if names is None:
+        names = _POSITIONAL[type(model)] = tuple(
+            p.name for p in forward_params(model) if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
     if len(args) > len(names):
         raise AdapterError(f"{type(model).__name__}.forward got {len(args)} positional arguments; "
                            f"prompt and prefix tuning can name only {len(names)}")
