@@ -9,18 +9,9 @@ Adapters are named, composable, mergeable and shareable objects attached to any
     kit.train("sst2", train_also=("classifier",))
 """
 
-__version__ = "0.1.0"
-
-from .composition import (
-    Average,
-    BatchSplit,
-    CompositionError,
-    Fuse,
-    Parallel,
-    Route,
-    Split,
-    Stack,
-)
+from .compose.blocks import Average, BatchSplit, CompositionError, Fuse, Parallel, Route, Split, Stack
+from .core.layouts import LAYOUTS, ROLES, Layout
+from .core.version import __version__
 from .errors import (
     AdapterError,
     AdapterNameError,
@@ -29,9 +20,8 @@ from .errors import (
     NotMergeableError,
     TargetError,
 )
-from .extraction import ExtractionReport, extract_lora
-from .kit import AdapterKit
-from .layouts import LAYOUTS, ROLES, Layout
+from .io.pissa import save_pissa_as_lora
+from .kit import AdapterKit, extract_lora
 from .methods import methods
 from .methods.adapterbias import AdapterBias
 from .methods.bottleneck import Bottleneck
@@ -44,16 +34,17 @@ from .methods.hydra import Hydra
 from .methods.ia3 import IA3
 from .methods.invertible import InvertibleAdapter
 from .methods.lora import LoRA
-from .methods.pissa import pissa_as_lora, save_pissa_as_lora
+from .methods.pissa import pissa_as_lora
 from .methods.prefix import PrefixTuning
 from .methods.prompt import PromptTuning
 from .methods.shira import SHiRA
 from .methods.sparse_adapter import SparseAdapter, snip_prune
 from .methods.union import MAM, MethodUnion, UniPELT
 from .methods.vera import VeRA
-from .operations import CombineError, CombineReport
-from .quantization import QuantizeReport, quantize
-from .subspace import SubspaceReport, principal_subspace
+from .ops.combine.model import CombineError, CombineReport
+from .ops.extract.model import ExtractionReport
+from .ops.quantize.model import QuantizeReport, quantize
+from .ops.subspace import SubspaceReport, principal_subspace
 
 __all__ = [
     "IA3", "LAYOUTS", "MAM", "ROLES", "AdapterBias", "AdapterError", "AdapterKit", "AdapterNameError",

@@ -6,44 +6,27 @@ import copy
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from .compose.api import Compositions
+from .compose.blocks import Block, CompositionError, as_composition
 from .compose.compile import compile_plan
-from .composition import Block, CompositionError, as_composition
+from .compose.executor import Executor
+from .core.layouts import Layout, get_layout, layout_for
+from .core.merging import fold, tied_hosts, unfold
+from .core.records import AdapterRecord
+from .core.sites import SiteFinder, model_type_of
+from .core.summary import SummaryTable
 from .errors import AdapterNameError, ConfigError, NotMergeableError, closest
-from .executor import Executor
-from .layouts import Layout, get_layout, layout_for
-from .merging import fold, tied_hosts, unfold
-from .methods import AdapterModule, MethodSpec, Site, spec_of
-from .sites import SiteFinder, model_type_of
-from .summary import SummaryTable
+from .methods import AdapterModule, spec_of
+from .ops.extract.model import ExtractionReport, extract
 
 _ATTR = "_adapterkit"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 BASE = "__base__"
-
-
-@dataclass
-class AdapterRecord:
-    """One added adapter: its config, sites and modules (by host path)."""
-
-    name: str
-    config: Any
-    spec: MethodSpec
-    sites: list[Site]
-    modules: dict[str, AdapterModule]
-    heads: tuple[str, ...] = ()
-    merged: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        for module in self.modules.values():
-            yield from module.parameters()
 
 
 class AdapterKit(Compositions):
@@ -177,11 +160,11 @@ class AdapterKit(Compositions):
               quantize_bits: int | None = None) -> list[nn.Parameter]:
         """Freeze everything except adapter ``name`` and the modules named in ``train_also``
         (saved with the adapter), activate it, and return the trainable parameters.
-        ``quantize_bits`` turns on quantisation-aware training (see ``adapterkit.quantization``)."""
+        ``quantize_bits`` turns on quantisation-aware training (see ``adapterkit.ops.quantize.model``)."""
         record = self.record(name)
         heads = tuple(self.finder().paths(tuple(train_also))) if train_also else ()
         if quantize_bits is not None:
-            from .quantization import enable_qat
+            from .ops.quantize.model import enable_qat
 
             enable_qat(self, name, quantize_bits)
         for p in self.model.parameters():
@@ -254,8 +237,8 @@ class AdapterKit(Compositions):
                 **options: Any) -> Any:
         """Add adapter ``name`` combining the weighted adapters (``how``: cat, svd, linear,
         task_arithmetic, ties, dare_linear, dare_ties); returns a ``CombineReport``. See
-        ``adapterkit.operations.combine``."""
-        from .operations import combine
+        ``adapterkit.ops.combine.model.combine``."""
+        from .ops.combine.model import combine
 
         return combine(self, name, weights, how, **options)
 
@@ -291,3 +274,18 @@ class AdapterKit(Compositions):
 
     def __repr__(self) -> str:
         return f"AdapterKit({type(self.model).__name__}, adapters={self.names}, active={self.active})"
+
+
+def extract_lora(base_model: nn.Module, finetuned_model: nn.Module, rank: int | None = None,
+                 energy: float | None = 0.9, targets: tuple[str, ...] = ("all-linear",),
+                 name: str = "extracted", include_heads: tuple[str, ...] = (),
+                 add: bool = True, progress: bool = False) -> ExtractionReport:
+    """Extract a LoRA adapter approximating ``finetuned_model - base_model`` at ``targets``
+    (roles or patterns, resolved on ``base_model``). ``rank`` (fixed per layer) wins over
+    ``energy``; with both None every layer keeps its full (exact) rank. With ``add`` the
+    adapter is added to ``AdapterKit(base_model)`` as ``name``, with the ``include_heads``
+    modules copied from the fine-tune into the base model and saved with the adapter. Sites
+    whose weight did not change are left out; ``progress`` shows a bar over the sites. The model
+    is unchanged if this raises."""
+    return extract(AdapterKit(base_model), finetuned_model, rank, energy, tuple(targets), name,
+                   tuple(include_heads), add, progress)

@@ -67,7 +67,7 @@ def _config(value: dict[str, Any] | str) -> dict[str, Any]:
     if isinstance(value, dict):
         return value
     import adapterkit as ak
-    from adapterkit.config import config_to_dict
+    from adapterkit.methods.configs import config_to_dict
 
     return config_to_dict(getattr(ak, value)())
 
@@ -95,9 +95,9 @@ def train(row: str, force: bool) -> dict[str, Any]:
 def dylora_ranks(directory: Path, ranks: tuple[int, ...] = (1, 2, 4, 8)) -> dict[int, float]:
     """Dev accuracy of one trained DyLoRA adapter evaluated at each rank."""
     import adapterkit as ak
-    from adapterkit.data import get_task
-    from adapterkit.hf import load_classifier
-    from adapterkit.train import accuracy, predict
+    from adapterkit.train.data import get_task
+    from adapterkit.train.loop import accuracy, predict
+    from adapterkit.train.models import load_classifier
 
     task = get_task("sst2")
     dev = task.split("dev")

@@ -29,9 +29,9 @@ from ops_helpers import Bench, Settings, dir_bytes, file_bytes, head_of, set_hea
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import adapterkit as ak
-from adapterkit.io.native import WEIGHTS_FILE, read_safetensors
-from adapterkit.quantization import enable_qat
-from adapterkit.train import _batches, _schedule, classification_batches, encode, fit
+from adapterkit.core.checkpoint import WEIGHTS_FILE, read_safetensors
+from adapterkit.ops.quantize.model import enable_qat
+from adapterkit.train.loop import _batches, _schedule, classification_batches, encode, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"lora": lambda: ak.LoRA(r=8, alpha=16), "bottleneck": lambda: ak.Bottleneck(reduction=16)}

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 import adapterkit as ak
-from adapterkit.data import Example, get_task
-from adapterkit.hf import load_classifier
-from adapterkit.io.native import WEIGHTS_FILE, read_safetensors
-from adapterkit.train import TrainArgs, accuracy, predict, train_adapter
+from adapterkit.core.checkpoint import WEIGHTS_FILE, read_safetensors
+from adapterkit.train.data import Example, get_task
+from adapterkit.train.loop import TrainArgs, accuracy, predict, train_adapter
+from adapterkit.train.models import load_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 

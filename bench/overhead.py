@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, pin_threads, table, write
 
 import adapterkit as ak
-from adapterkit.hf import load_classifier
+from adapterkit.train.models import load_classifier
 
 
 def _randomise(params) -> None:

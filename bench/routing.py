@@ -88,7 +88,7 @@ def cases(step: Callable[..., None], kit: ak.AdapterKit, peft: torch.nn.Module |
 
 
 def minilm(rounds: int) -> dict[str, float]:
-    from adapterkit.hf import load_classifier
+    from adapterkit.train.models import load_classifier
 
     base, _ = load_classifier("minilm", num_labels=2)
     base.eval()

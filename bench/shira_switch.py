@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, pin_threads, table, write
 
 import adapterkit as ak
-from adapterkit.hf import model_dir
-from adapterkit.ops.merge import add_weight_delta
+from adapterkit.core.merging import add_weight_delta
+from adapterkit.train.models import model_dir
 
 TARGETS = ("attn.q", "attn.k", "attn.v", "attn.out", "ffn.in", "ffn.out")
 R = 8
@@ -46,7 +46,7 @@ def _randomise(params) -> None:
 def _load() -> torch.nn.Module:
     from transformers import AutoModel
 
-    from adapterkit.hf import _quiet
+    from adapterkit.train.models import _quiet
 
     _quiet()
     return AutoModel.from_pretrained(model_dir("minilm")).eval()

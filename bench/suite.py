@@ -38,8 +38,8 @@ from common import (  # noqa: E402
 )
 
 import adapterkit as ak  # noqa: E402
-from adapterkit.data import get_task  # noqa: E402
-from adapterkit.hf import load_classifier  # noqa: E402
+from adapterkit.train.data import get_task  # noqa: E402
+from adapterkit.train.models import load_classifier  # noqa: E402
 
 PEFT_LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["query", "value"],
              "modules_to_save": ["classifier"]}
@@ -177,7 +177,7 @@ def adapters_side(tok, threads: int):
     """The ``adapters`` worker, or None with the reason printed."""
     from adapters_side import AdaptersSide, find_python
 
-    from adapterkit.hf import model_dir
+    from adapterkit.train.models import model_dir
 
     python, info = find_python()
     if python is None:

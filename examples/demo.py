@@ -14,9 +14,9 @@ import time
 import torch
 
 import adapterkit as ak
-from adapterkit.data import get_task
-from adapterkit.hf import load_classifier
-from adapterkit.train import TrainArgs, accuracy, predict, train_adapter
+from adapterkit.train.data import get_task
+from adapterkit.train.loop import TrainArgs, accuracy, predict, train_adapter
+from adapterkit.train.models import load_classifier
 
 
 def timed(fn, *args, **kwargs):

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 import adapterkit as ak
-from adapterkit.data import get_task
-from adapterkit.hf import load_classifier, model_dir
-from adapterkit.train import TrainArgs, accuracy, classification_batches, fit, predict
+from adapterkit.train.data import get_task
+from adapterkit.train.loop import TrainArgs, accuracy, classification_batches, fit, predict
+from adapterkit.train.models import load_classifier, model_dir
 
 STEPS = int(os.environ.get("MADX_STEPS", "200"))
 OUT = Path(os.environ.get("MADX_OUT", "runs/madx"))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import adapterkit as ak
-from adapterkit.composition import NAME, NESTING, SEMANTICS
+from adapterkit.compose.blocks import NAME, NESTING, SEMANTICS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import transformers as T
 
-from adapterkit.cli import main
+from adapterkit.cli.main import main
 
 WORDS = ["good", "bad", "great", "awful", "movie", "film", "fine", "dull", "a", "the", "is"]
 

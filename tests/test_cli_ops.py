@@ -9,7 +9,7 @@ import torch
 import transformers as T
 
 import adapterkit as ak
-from adapterkit.cli import main
+from adapterkit.cli.main import main
 
 WORDS = ["good", "bad", "great", "awful", "movie", "film", "fine", "dull", "a", "the", "is"]
 

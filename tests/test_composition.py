@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import adapterkit as ak
-from adapterkit.composition import from_json, to_json
+from adapterkit.compose.blocks import from_json, to_json
 
 from .helpers import perturb
 from .models import build, inputs_for, run

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 import adapterkit as ak
-from adapterkit.config import config_from_dict, config_to_dict
 from adapterkit.methods import get_method
+from adapterkit.methods.configs import config_from_dict, config_to_dict
 
 #: what a config needs beyond its defaults to be valid (required fields, defaults that do not
 #: validate on their own)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import adapterkit as ak
-from adapterkit.config import config_from_dict, config_to_dict
+from adapterkit.methods.configs import config_from_dict, config_to_dict
 
 from .helpers import hook_counts, perturb
 from .models import build, inputs_for, run

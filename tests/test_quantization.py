@@ -10,8 +10,9 @@ import torch
 
 import adapterkit as ak
 from adapterkit import ops
-from adapterkit.io.native import WEIGHTS_FILE, read_safetensors
-from adapterkit.quantization import CODES, SCALES, disable_qat, plain_state
+from adapterkit.core.checkpoint import WEIGHTS_FILE, read_safetensors
+from adapterkit.core.records import plain_state
+from adapterkit.ops.quantize.model import CODES, SCALES, disable_qat
 
 from .helpers import perturb
 from .models import build, inputs_for, run
@@ -157,7 +158,7 @@ def test_quantize_errors(tmp_path) -> None:
     blob = read_safetensors(tmp_path / "q4" / WEIGHTS_FILE)
     meta = json.loads((tmp_path / "q4" / "adapter_config.json").read_text())
     meta["quantization"]["tensors"] = meta["quantization"]["tensors"][:-1]
-    from adapterkit.quantization import dequantize_checkpoint
+    from adapterkit.ops.quantize.model import dequantize_checkpoint
 
     with pytest.raises(ak.LoadError, match="do not match the index"):
         dequantize_checkpoint(meta, blob)

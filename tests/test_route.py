@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import adapterkit as ak
-from adapterkit.compose.kernels import choose
+from adapterkit.core.kernels import choose
 from adapterkit.methods import _REGISTRY, get_method
 
 from .helpers import perturb
@@ -84,7 +84,7 @@ KERNEL_CASES = {
 def test_batched_kernels_equal_each_example_alone(family: str, case: str, monkeypatch) -> None:
     """Three adapters of one method in one batch, with base rows: the batched kernel (never
     the loop) gives each row its own adapter's output."""
-    import adapterkit.compose.kernels as kernels
+    import adapterkit.core.kernels as kernels
 
     def no_loop(*args, **kwargs):
         raise AssertionError("the generic loop ran instead of the batched kernel")

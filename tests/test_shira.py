@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import adapterkit as ak
+from adapterkit.core.sites import dense_weight
 from adapterkit.methods.shira import magnitude_indices, random_indices
-from adapterkit.sites import dense_weight
 
 from .helpers import perturb
 from .models import build, inputs_for, run

@@ -11,8 +11,8 @@ import torch
 from transformers import DynamicCache
 
 import adapterkit as ak
-from adapterkit.config import config_from_dict, config_to_dict
-from adapterkit.methods.base import AdapterModule
+from adapterkit.core.base import AdapterModule
+from adapterkit.methods.configs import config_from_dict, config_to_dict
 from adapterkit.methods.union_modules import GatedModule, GatedPrefix, PrefixGate, UnionModule
 
 from .helpers import perturb

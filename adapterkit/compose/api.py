@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..composition import Child, Composition, CompositionError, Fuse, Route, as_composition, walk
+from .blocks import Child, Composition, CompositionError, Fuse, Route, as_composition, walk
 from .compile import Plan
 from .parallel import split_parallel
 
 if TYPE_CHECKING:
-    from ..executor import Executor
-    from ..kit import AdapterRecord
+    from ..core.records import AdapterRecord
+    from .executor import Executor
 
 
 class Compositions:

@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..composition import (
+from ..core.base import MethodKind
+from ..core.kernels import STRATEGIES
+from ..methods.inputs import InputAdapterModule
+from .blocks import (
     BASE,
     Average,
     BatchSplit,
@@ -20,9 +23,6 @@ from ..composition import (
     Stack,
     walk,
 )
-from ..methods.base import MethodKind
-from ..methods.inputs import InputAdapterModule
-from .kernels import STRATEGIES
 from .nodes import AverageNode, BatchSplitNode, FuseNode, Identity, Leaf, Node, SplitNode, StackNode
 from .route import RouteNode
 from .route_inputs import route_inputs

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..composition import CompositionError
-from ..methods.base import AdapterModule, Tap
+from ..core.base import AdapterModule, Tap
+from .blocks import CompositionError
 
 
 class Inputs:

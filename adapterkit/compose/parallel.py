@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ..composition import CompositionError
 from ..methods.inputs import get_cache
+from .blocks import CompositionError
 
 
 def batch_size(args: tuple, kwargs: dict) -> int | None:

@@ -15,7 +15,7 @@ from collections.abc import Hashable, Sequence
 import torch
 from torch import nn
 
-from .cache import plain
+from ..core.stack_cache import plain
 from .nodes import Inputs, Node, Slot, _unit
 
 

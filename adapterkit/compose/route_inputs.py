@@ -19,7 +19,7 @@ see what they would see alone, and its ``position_ids`` are those the row gets a
 ``position`` is the given ``position_ids``, or ``arange`` from the tokens cached before (the
 model's own default for llama, gpt2 and bert). Prompts and prefixes are stacked once into
 (K + 1, P, width) tables (zero-padded in front, entry K zero; cached while their parameters are
-unchanged, see :class:`~adapterkit.compose.cache.StackCache`) and indexed per row, once per
+unchanged, see :class:`~adapterkit.core.stack_cache.StackCache`) and indexed per row, once per
 forward.
 """
 
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..composition import BASE, Block, Composition, CompositionError, Route, Stack, walk
+from ..core.base import AdapterModule, MethodKind
+from ..core.stack_cache import StackCache, plain
 from ..errors import AdapterError
-from ..methods.base import AdapterModule, MethodKind
 from ..methods.inputs import (
     InputAdapterModule,
     batch_of,
@@ -45,7 +45,7 @@ from ..methods.inputs import (
     set_cache,
 )
 from ..methods.prefix import fill_cache
-from .cache import StackCache, plain
+from .blocks import BASE, Block, Composition, CompositionError, Route, Stack, walk
 from .nodes import _unit
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 ``directory/setup.json`` names one subdirectory per adapter (each a native checkpoint, see
 docs/format.md), fusion layers after the adapters they fuse, and holds the composition as JSON
-(``adapterkit.composition.to_json``)."""
+(``adapterkit.compose.blocks.to_json``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..composition import Composition, from_json, to_json
+from ..core.base import MethodKind
+from ..core.checkpoint import _atomic_write, read_json
 from ..errors import AdapterError, LoadError
-from ..io.native import _atomic_write, read_json
-from ..methods.base import MethodKind
+from .blocks import Composition, from_json, to_json
 
 if TYPE_CHECKING:
     from ..kit import AdapterKit

@@ -1,5 +1,5 @@
 """Reading and writing adapter checkpoints."""
 
-from .native import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, detect_format, read_checkpoint
+from ..core.checkpoint import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, detect_format, read_checkpoint
 
 __all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "detect_format", "read_checkpoint"]

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.checkpoint import CONFIG_FILE, read_json, read_safetensors
 from ..errors import LoadError
 from ..methods.bottleneck import Bottleneck
 from ..methods.lora import LoRA
-from .native import CONFIG_FILE, read_json, read_safetensors
 
 if TYPE_CHECKING:
     from ..kit import AdapterKit

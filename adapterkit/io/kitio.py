@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import __version__
-from ..config import config_from_dict, config_to_dict
+from ..core.checkpoint import detect_format, read_checkpoint, write_checkpoint
+from ..core.records import head_state, plain_state
+from ..core.sites import model_type_of
+from ..core.version import __version__
 from ..errors import AdapterError, ConfigError, LoadError
-from ..executor import SLOT
-from ..sites import model_type_of
-from .native import detect_format, read_checkpoint, write_checkpoint
+from ..methods.configs import config_from_dict, config_to_dict
 
 if TYPE_CHECKING:
-    from ..kit import AdapterKit, AdapterRecord
+    from ..core.records import AdapterRecord
+    from ..kit import AdapterKit
 
 HEAD = "head::"
 
@@ -32,15 +33,7 @@ def fingerprint(kit: AdapterKit, paths: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def head_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A head's own tensors, leaving out adapter slots that other adapters put inside it."""
-    return {k: t for k, t in module.state_dict(keep_vars=True).items()
-            if SLOT not in k.split(".")}
-
-
 def adapter_tensors(kit: AdapterKit, record: AdapterRecord) -> dict[str, torch.Tensor]:
-    from ..quantization import plain_state  # parametrised (QAT) tensors under plain names
-
     out = {}
     for host, module in record.modules.items():
         for key, t in plain_state(module).items():
@@ -130,7 +123,7 @@ def load_adapter(kit: AdapterKit, directory: str | os.PathLike, name: str | None
         raise LoadError(f"{d}: loading the {fmt} format is not supported")
     meta, tensors = read_checkpoint(d)
     if "quantization" in meta:
-        from ..quantization import dequantize_checkpoint
+        from ..ops.quantize.model import dequantize_checkpoint
 
         tensors = dequantize_checkpoint(meta, tensors, str(d))
     try:

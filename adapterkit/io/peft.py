@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..core.base import SLOT
+from ..core.checkpoint import _atomic_write, read_json, read_safetensors
+from ..core.sites import SiteFinder, is_conv1d
 from ..errors import AdapterError, AdapterNameError, ConfigError, LoadError, TargetError
-from ..executor import SLOT
 from ..methods import get_method, methods
-from ..sites import SiteFinder, is_conv1d
 from .kitio import _mismatches, adapter_tensors, install
-from .native import _atomic_write, read_json, read_safetensors
 from .peft_keys import (
     PREFIX,
     TASK_HEADS,
@@ -38,7 +38,8 @@ from .peft_keys import (
 )
 
 if TYPE_CHECKING:
-    from ..kit import AdapterKit, AdapterRecord
+    from ..core.records import AdapterRecord
+    from ..kit import AdapterKit
 
 CONFIG_FILE = "adapter_config.json"
 SAFETENSORS_FILE = "adapter_model.safetensors"

@@ -16,14 +16,15 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.sites import is_conv1d
 from ..errors import ConfigError, LoadError
 from ..methods.ia3 import IA3
-from ..sites import is_conv1d
 from .peft import _targets, _task_type, _unsupported
 from .peft_keys import peft_sites
 
 if TYPE_CHECKING:
-    from ..kit import AdapterKit, AdapterRecord
+    from ..core.records import AdapterRecord
+    from ..kit import AdapterKit
 
 #: Fields read by the loader (the others must be empty, false, or in ``_IGNORED``).
 _READ = frozenset({"peft_type", "task_type", "target_modules", "exclude_modules",

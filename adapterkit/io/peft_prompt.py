@@ -28,7 +28,8 @@ from ..methods.prompt import PromptTuning
 from .kitio import HEAD
 
 if TYPE_CHECKING:
-    from ..kit import AdapterKit, AdapterRecord
+    from ..core.records import AdapterRecord
+    from ..kit import AdapterKit
 
 TYPES = {"PROMPT_TUNING": "prompt", "PREFIX_TUNING": "prefix"}
 PEFT_TYPE = {v: k for k, v in TYPES.items()}

@@ -6,8 +6,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.base import AdapterModule, MethodKind, MethodSpec, Site, Tap
 from ..errors import ConfigError
-from .base import AdapterModule, MethodKind, MethodSpec, Site, Tap
 
 _REGISTRY: dict[str, MethodSpec] = {}
 _BY_CLASS: dict[type, str] = {}

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choice
+from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
+from ..core.sites import SiteFinder, features_of
 from ..errors import ConfigError
-from ..sites import SiteFinder, features_of
 from . import register
-from .base import AdapterModule, MethodKind, MethodSpec, Site
 
 
 @dataclass(frozen=True)

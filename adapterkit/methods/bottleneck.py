@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compose.kernels import bottleneck_route
 from ..config import check_choice, check_positive
+from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
+from ..core.kernels import bottleneck_route
+from ..core.sites import SiteFinder, features_of, is_linear_like
 from ..errors import ConfigError
-from ..sites import SiteFinder, features_of, is_linear_like
 from . import register
-from .base import AdapterModule, MethodKind, MethodSpec, Site
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU,
                "tanh": nn.Tanh, "identity": nn.Identity}
@@ -101,7 +101,7 @@ class BottleneckModule(AdapterModule):
     def route_deltas(cls, modules: Sequence[AdapterModule], rows: torch.Tensor, h: torch.Tensor,
                      xs: Sequence[Any], base: nn.Module, cache: Any = None,
                      strategy: str | None = None) -> torch.Tensor:
-        """Batched per-row bottleneck (see ``compose.kernels.bottleneck_route``)."""
+        """Batched per-row bottleneck (see ``core.kernels.bottleneck_route``)."""
         if cls is not BottleneckModule:
             return super().route_deltas(modules, rows, h, xs, base, cache, strategy)
         return bottleneck_route(modules, rows, h, xs, base, cache, strategy)

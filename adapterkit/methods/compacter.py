@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choice, check_positive
+from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
+from ..core.sites import SiteFinder, features_of
 from ..errors import ConfigError
-from ..sites import SiteFinder, features_of
 from . import register
-from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .bottleneck import ACTIVATIONS
 
 #: standard deviation of the normal draw of the rules ``A_i``

@@ -18,14 +18,14 @@ import torch
 from torch import nn
 
 from ..config import check_positive
+from ..core.base import MethodKind, MethodSpec, Site
 from ..errors import ConfigError
 from . import register
-from .base import MethodKind, MethodSpec, Site
 from .lora import LoRAModule, _as_targets, lora_supports, low_rank_weight
 
 if TYPE_CHECKING:
+    from ..core.sites import SiteFinder
     from ..kit import AdapterKit
-    from ..sites import SiteFinder
 
 
 def _is_int(value: object) -> bool:

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_positive
+from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
+from ..core.sites import SiteFinder, features_of, is_conv1d, is_linear_like
 from ..errors import ConfigError, TargetError
-from ..sites import SiteFinder, features_of, is_conv1d, is_linear_like
 from . import register
-from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .lora import _as_targets
 
 

@@ -13,13 +13,11 @@ import torch
 from torch import nn
 
 from ..config import check_positive
+from ..core.base import SLOT, AdapterModule, MethodKind, MethodSpec, Site
+from ..core.sites import SiteFinder, features_of, is_linear_like
 from ..errors import ConfigError
-from ..sites import SiteFinder, features_of, is_linear_like
 from . import register
-from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .lora import _as_targets
-
-SLOT = "adapterkit"  # the executor's slot name (executor.SLOT)
 
 
 @dataclass(frozen=True)

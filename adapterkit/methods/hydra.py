@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_positive
+from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
+from ..core.sites import SiteFinder, dense_weight, features_of, is_conv1d
 from ..errors import ConfigError
-from ..sites import SiteFinder, dense_weight, features_of, is_conv1d
 from . import register
-from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .lora import _as_targets
 
 

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compose.kernels import ia3_route
+from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
+from ..core.kernels import ia3_route
+from ..core.sites import SiteFinder, dense_weight, features_of, is_conv1d, is_linear_like
 from ..errors import TargetError
-from ..sites import SiteFinder, dense_weight, features_of, is_conv1d, is_linear_like
 from . import register
-from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .lora import _as_targets
 
 
@@ -91,7 +91,7 @@ class IA3Module(AdapterModule):
     def route_deltas(cls, modules: Sequence[AdapterModule], rows: torch.Tensor, h: torch.Tensor,
                      xs: Sequence[Any], base: nn.Module, cache: Any = None,
                      strategy: str | None = None) -> torch.Tensor:
-        """Batched per-row (IA)^3 with stacked offsets (see ``compose.kernels.ia3_route``);
+        """Batched per-row (IA)^3 with stacked offsets (see ``core.kernels.ia3_route``);
         subclasses that change the delta fall back to the generic loop."""
         if cls is not IA3Module:
             return super().route_deltas(modules, rows, h, xs, base, cache, strategy)

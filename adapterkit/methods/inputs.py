@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.base import AdapterModule, Site
+from ..core.sites import SiteFinder, model_type_of
 from ..errors import AdapterError, TargetError
-from ..sites import SiteFinder, model_type_of
-from .base import AdapterModule, Site
 
 #: layout families whose models take ``inputs_embeds`` and a ``past_key_values`` Cache the way
 #: the input-level methods use them (llama covers mistral, qwen2 and qwen3)

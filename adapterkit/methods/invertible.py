@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choice, check_positive
+from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
+from ..core.sites import SiteFinder, dense_weight, is_linear_like
 from ..errors import ConfigError, TargetError
-from ..sites import SiteFinder, dense_weight, is_linear_like
 from . import register
-from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .bottleneck import ACTIVATIONS
 
 

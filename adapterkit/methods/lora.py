@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compose.kernels import lora_route
 from ..config import check_choice, check_positive
+from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
+from ..core.kernels import lora_route
+from ..core.sites import SiteFinder, features_of, is_conv1d
 from ..errors import ConfigError
-from ..sites import SiteFinder, features_of, is_conv1d
 from . import register
-from .base import AdapterModule, MethodKind, MethodSpec, Site
 
 
 def _as_targets(value: object) -> tuple[str, ...]:
@@ -162,7 +162,7 @@ class LoRAModule(AdapterModule):
                      xs: Sequence[Any], base: nn.Module, cache: Any = None,
                      strategy: str | None = None) -> torch.Tensor:
         """Batched per-row LoRA: dense slots or gathered weights (see
-        ``compose.kernels.lora_route``); subclasses that change the delta (DoRA) fall back to
+        ``core.kernels.lora_route``); subclasses that change the delta (DoRA) fall back to
         the generic loop."""
         if cls is not LoRAModule:
             return super().route_deltas(modules, rows, h, xs, base, cache, strategy)

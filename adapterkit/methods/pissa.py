@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ..core.merging import tied_hosts
+from ..core.sites import SiteFinder, dense_weight, features_of, is_conv1d, is_linear_like
 from ..errors import ConfigError
-from ..merging import tied_hosts
-from ..sites import SiteFinder, dense_weight, features_of, is_conv1d, is_linear_like
 from . import spec_of
 from .lora import LoRA, LoRAModule, is_pissa
 
 if TYPE_CHECKING:
-    from ..kit import AdapterKit, AdapterRecord
+    from ..core.records import AdapterRecord
+    from ..kit import AdapterKit
 
 _NITER_SEED = 0
 
@@ -130,7 +130,7 @@ def pissa_as_lora(kit: AdapterKit, name: str) -> AdapterRecord:
     ``s B' A' = s (B A - B0 A0)``: trained delta minus the part the residual base removed. The
     config doubles ``r`` and the rank_pattern ranks, and ``alpha`` (times ``sqrt(2)`` with
     rsLoRA), which keeps every site's scale; it keeps the name, sites and trained heads."""
-    from ..kit import AdapterRecord
+    from ..core.records import AdapterRecord
 
     record = kit.record(name)
     config = record.config
@@ -155,13 +155,3 @@ def pissa_as_lora(kit: AdapterKit, name: str) -> AdapterRecord:
     extra = {k: v for k, v in record.extra.items() if k != "qat"}
     return AdapterRecord(name, new, spec_of(new), list(record.sites), modules,
                          heads=record.heads, extra=extra)
-
-
-def save_pissa_as_lora(kit: AdapterKit, name: str, directory: str | os.PathLike,
-                       format: str = "adapterkit") -> None:
-    """Write PiSSA adapter ``name`` as the plain LoRA of :func:`pissa_as_lora` (``format``:
-    ``"adapterkit"`` or ``"peft"``): loaded onto the original base weights it gives the outputs
-    of the PiSSA adapter on its residual base, up to float rounding. The kit is unchanged."""
-    from ..io.kitio import save_record
-
-    save_record(kit, pissa_as_lora(kit, name), directory, format)

@@ -12,11 +12,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.base import MethodKind, MethodSpec, Site
+from ..core.sites import SiteFinder
 from ..errors import ConfigError
-from ..sites import SiteFinder
 from . import register
-from .base import MethodKind, MethodSpec, Site
-from .inputs import InputAdapterModule, batch_of, cache_is_empty, grow, incoming_cache, input_site, set_cache
+from .inputs import (
+    InputAdapterModule,
+    batch_of,
+    cache_is_empty,
+    grow,
+    incoming_cache,
+    input_site,
+    set_cache,
+)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,19 @@ import torch
 from torch import nn
 
 from ..config import check_choice
+from ..core.base import MethodKind, MethodSpec, Site
+from ..core.sites import SiteFinder
 from ..errors import ConfigError
-from ..sites import SiteFinder
 from . import register
-from .base import MethodKind, MethodSpec, Site
-from .inputs import InputAdapterModule, batch_of, cache_is_empty, grow, incoming_cache, input_site, pad_front
+from .inputs import (
+    InputAdapterModule,
+    batch_of,
+    cache_is_empty,
+    grow,
+    incoming_cache,
+    input_site,
+    pad_front,
+)
 
 
 @dataclass(frozen=True)

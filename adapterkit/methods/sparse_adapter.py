@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choice
+from ..core.base import MethodKind, MethodSpec, Site
+from ..core.sites import SiteFinder
 from ..errors import ConfigError
-from ..sites import SiteFinder
 from . import register
-from .base import MethodKind, MethodSpec, Site
 from .bottleneck import Bottleneck, BottleneckModule, bottleneck_shape
 from .bottleneck import _find_sites as _bottleneck_sites
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
+from ..core.sites import SiteFinder, features_of, is_linear_like
 from ..errors import ConfigError, TargetError
-from ..sites import SiteFinder, features_of, is_linear_like
 from . import register, spec_of
-from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .bottleneck import Bottleneck
 from .lora import LoRA
 from .prefix import PrefixTuning, kv_shape

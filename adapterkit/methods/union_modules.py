@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.base import AdapterModule, MethodKind
 from ..errors import AdapterError
-from .base import AdapterModule, MethodKind
 from .inputs import InputAdapterModule, cache_is_empty, get_cache, incoming_cache
 
 

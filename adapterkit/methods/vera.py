@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
+from ..core.sites import SiteFinder, features_of, is_conv1d
 from ..errors import ConfigError
-from ..sites import SiteFinder, features_of, is_conv1d
 from . import register
-from .base import AdapterModule, MethodKind, MethodSpec, Site
 from .lora import _as_targets
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .combine import (
+from .combine.tensors import (
     combine_linear,
     combine_lora_cat,
     combine_lora_svd,
@@ -14,9 +14,9 @@ from .combine import (
     ties,
     trim_top_density,
 )
-from .extract import extract_lora_from_weights, extract_lora_state, site_of
-from .lowrank import LoRAFactors, choose_rank, retained_energy, svd_of_product
-from .quantize import (
+from .extract.tensors import extract_lora_from_weights, extract_lora_state, site_of
+from .lowrank.tensors import LoRAFactors, choose_rank, retained_energy, svd_of_product
+from .quantize.tensors import (
     QuantizedTensor,
     dequantize_state,
     dequantize_tensor,

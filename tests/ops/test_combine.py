@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapterkit.ops.combine import (
+from adapterkit.ops.combine.tensors import (
     combine_linear,
     combine_lora_cat,
     combine_lora_svd,
@@ -18,7 +18,7 @@ from adapterkit.ops.combine import (
     ties,
     trim_top_density,
 )
-from adapterkit.ops.lowrank import LoRAFactors
+from adapterkit.ops.lowrank.tensors import LoRAFactors
 
 SHAPES = {"enc.q": (32, 48), "enc.v": (24, 16)}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapterkit.ops.extract import extract_lora_from_weights, extract_lora_state
-from adapterkit.ops.lowrank import choose_rank
+from adapterkit.ops.extract.tensors import extract_lora_from_weights, extract_lora_state
+from adapterkit.ops.lowrank.tensors import choose_rank
 
 SIGMA = [4.0, 3.0, 2.0, 1.0, 0.5]  # squares 16, 9, 4, 1, 0.25; total 30.25
 

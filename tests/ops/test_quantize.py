@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from adapterkit.ops.quantize import (
+from adapterkit.ops.quantize.tensors import (
     QuantizedTensor,
     dequantize_state,
     dequantize_tensor,

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
+from ..core.progress import progress
+from ..kit import AdapterKit
 from .data import Example
-from .kit import AdapterKit
-from .progress import progress
 
 
 @dataclass

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Union
 
-from .errors import AdapterError
+from ..errors import AdapterError
 
 BASE = "__base__"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")

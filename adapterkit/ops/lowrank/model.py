@@ -1,7 +1,7 @@
 """LoRA adapters as per-site factor pairs: reading them off a kit, re-factorising weight deltas,
 and building a new LoRA adapter (config and modules) from factors.
 
-Shared by :mod:`adapterkit.operations` (combining) and :mod:`adapterkit.extraction`. Factors use
+Shared by :mod:`adapterkit.ops.combine.model` (combining) and :mod:`adapterkit.ops.extract.model`. Factors use
 the conventions of :class:`adapterkit.ops.LoRAFactors`: ``A`` (r, in) and ``B`` (out, r) with
 delta ``scale * B @ A``; a Conv2d ``lora_A`` (r, in, kh, kw) is flattened to (r, in*kh*kw).
 """
@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .methods.lora import LoRA
-from .ops.lowrank import LoRAFactors, compute_dtype, factors_from_svd, retained_energy, truncated_factors
+from ...methods.lora import LoRA
+from .tensors import LoRAFactors, compute_dtype, factors_from_svd, retained_energy, truncated_factors
 
 if TYPE_CHECKING:
-    from .kit import AdapterKit, AdapterRecord
+    from ...core.records import AdapterRecord
+    from ...kit import AdapterKit
 
 
 def exact_pattern(path: str) -> str:

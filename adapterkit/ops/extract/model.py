@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import AdapterError
-from .lowrank_adapters import build_lora, exact_pattern, lora_config
-from .ops import extract_lora_from_weights
-from .ops.lowrank import LoRAFactors
-from .progress import progress as bar
-from .sites import dense_weight, is_linear_like
+from ...core.progress import progress as bar
+from ...core.sites import dense_weight, is_linear_like
+from ...errors import AdapterError
+from ..lowrank.model import build_lora, exact_pattern, lora_config
+from ..lowrank.tensors import LoRAFactors
+from .tensors import extract_lora_from_weights
 
 
 class ExtractError(AdapterError, ValueError):
@@ -101,7 +101,7 @@ def _sites(kit: Any, targets: tuple[str, ...], ft_modules: dict[str, nn.Module])
 def _head_paths(kit: Any, include_heads: tuple[str, ...], ft_modules: dict[str, nn.Module]) -> list[str]:
     if not include_heads:
         return []
-    from .io.kitio import head_state
+    from ...core.records import head_state
 
     paths = kit.finder().paths(include_heads)
 
@@ -148,20 +148,13 @@ def _norm_shares(base: nn.Module, ft: nn.Module, sites: dict[str, dict[str, floa
             "top_untargeted": [(n, d / div) for n, d in others[:5]]}
 
 
-def extract_lora(base_model: nn.Module, finetuned_model: nn.Module, rank: int | None = None,
-                 energy: float | None = 0.9, targets: tuple[str, ...] = ("all-linear",),
-                 name: str = "extracted", include_heads: tuple[str, ...] = (),
-                 add: bool = True, progress: bool = False) -> ExtractionReport:
-    """Extract a LoRA adapter approximating ``finetuned_model - base_model`` at ``targets``
-    (roles or patterns, resolved on ``base_model``). ``rank`` (fixed per layer) wins over
-    ``energy``; with both None every layer keeps its full (exact) rank. With ``add`` the
-    adapter is added to ``AdapterKit(base_model)`` as ``name``, with the ``include_heads``
-    modules copied from the fine-tune into the base model and saved with the adapter. Sites
-    whose weight did not change are left out; ``progress`` shows a bar over the sites. The model
-    is unchanged if this raises."""
-    from .kit import AdapterKit
-
-    kit = AdapterKit(base_model)
+def extract(kit: Any, finetuned_model: nn.Module, rank: int | None = None,
+            energy: float | None = 0.9, targets: tuple[str, ...] = ("all-linear",),
+            name: str = "extracted", include_heads: tuple[str, ...] = (),
+            add: bool = True, progress: bool = False) -> ExtractionReport:
+    """Extract a LoRA adapter approximating ``finetuned_model - kit.model`` (see
+    :func:`adapterkit.extract_lora`, the model-level entry point)."""
+    base_model = kit.model
     if add:
         kit._check_new_name(name)
     if any(r.merged for r in kit._records.values()):

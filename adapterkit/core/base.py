@@ -20,7 +20,11 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from ..sites import SiteFinder
+    from .sites import SiteFinder
+
+
+#: the child module of every host under which its adapters live
+SLOT = "adapterkit"
 
 
 class MethodKind(str, enum.Enum):
@@ -96,7 +100,7 @@ class AdapterModule(nn.Module):
         ``-1``: none) on ``h``: (N, ..., out) and ``xs[k]`` (module k's input); (N, ..., out).
         This generic version calls ``delta`` once per distinct module on its rows; methods
         override it with a batched kernel (``cache``: the host's ``StackCache``)."""
-        from ..compose.kernels import loop_route
+        from .kernels import loop_route
 
         return loop_route(modules, rows, h, xs, base)
 

@@ -152,6 +152,6 @@ def get_layout(family: str) -> Layout:
     for layout in LAYOUTS:
         if layout.family == family:
             return layout
-    from .errors import TargetError
+    from ..errors import TargetError
 
     raise TargetError(f"unknown layout {family!r}; known: {[lay.family for lay in LAYOUTS]}")

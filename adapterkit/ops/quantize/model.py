@@ -39,11 +39,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .errors import LoadError
-from .ops.quantize import BITS, QuantizedTensor, dequantize_tensor, fake_quantize, quantize_tensor
+from ...errors import LoadError
+from .tensors import BITS, QuantizedTensor, dequantize_tensor, fake_quantize, quantize_tensor
 
 if TYPE_CHECKING:
-    from .kit import AdapterKit
+    from ...kit import AdapterKit
 
 HEAD = "head::"
 CODES, SCALES = "__q__.codes", "__q__.scales"
@@ -166,7 +166,7 @@ def quantize(directory: str | os.PathLike, bits: int, out: str | os.PathLike,
              vector_bits: int | None = 8, heads: bool = False) -> QuantizeReport:
     """Write a low-bit copy of the native adapter checkpoint at ``directory`` to ``out``
     (which may be ``directory`` itself); ``kit.load(out)`` dequantises transparently."""
-    from .io.native import WEIGHTS_FILE, read_checkpoint, write_checkpoint
+    from ...core.checkpoint import WEIGHTS_FILE, read_checkpoint, write_checkpoint
 
     src = Path(directory)
     meta, tensors = read_checkpoint(src)
@@ -235,18 +235,3 @@ def disable_qat(kit: AdapterKit, name: str) -> None:
                 for pname in list(sub.parametrizations.keys()):
                     parametrize.remove_parametrizations(sub, pname, leave_parametrized=True)
     record.extra.pop("qat", None)
-
-
-def plain_state(module: nn.Module) -> dict[str, Tensor]:
-    """``module.state_dict()`` with parametrised tensors under their plain names, holding the
-    values the forward sees (the quantised ones under QAT)."""
-    out = {}
-    for key, t in module.state_dict().items():
-        parts = key.split(".")
-        if "parametrizations" not in parts:
-            out[key] = t
-            continue
-        i = parts.index("parametrizations")
-        owner = module.get_submodule(".".join(parts[:i]))
-        out[".".join([*parts[:i], parts[i + 1]])] = getattr(owner, parts[i + 1]).detach()
-    return out

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterError
+from ..errors import AdapterError
 
 _HEADS = ("classifier", "score", "qa_outputs")
 
@@ -18,7 +18,7 @@ def _load_pair(base: str, finetuned: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    from .hf import _quiet, model_dir
+    from ..train.models import _quiet, model_dir
 
     _quiet()
     ft_dir = model_dir(finetuned)
@@ -31,8 +31,7 @@ def _load_pair(base: str, finetuned: str) -> tuple[Any, Any]:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .extraction import extract_lora
-    from .kit import AdapterKit
+    from ..kit import AdapterKit, extract_lora
 
     base, ft = _load_pair(args.base, args.finetuned)
     if args.heads == ["auto"]:
@@ -70,9 +69,9 @@ def _weighted(items: list[str]) -> list[tuple[str, float]]:
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
-    from .hf import load_classifier
-    from .io.native import CONFIG_FILE, read_json
-    from .kit import AdapterKit
+    from ..core.checkpoint import CONFIG_FILE, read_json
+    from ..kit import AdapterKit
+    from ..train.models import load_classifier
 
     sources = _weighted(args.adapters)
     metas = [read_json(Path(d) / CONFIG_FILE) for d, _ in sources]
@@ -109,7 +108,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from .quantization import quantize
+    from ..ops.quantize.model import quantize
 
     vector_bits = None if args.vector_bits == "none" else int(args.vector_bits)
     try:
@@ -121,7 +120,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_subspace(args: argparse.Namespace) -> int:
-    from .subspace import principal_subspace
+    from ..ops.subspace import principal_subspace
 
     report = principal_subspace(args.dirs, args.k, args.out, center=not args.no_center, seed=args.seed)
     print(json.dumps(report.summary(), indent=2))

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterError
+from ..errors import AdapterError
 
 MINILM = "minilm"
 

@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import ops
-from .errors import AdapterError
-from .lowrank_adapters import build_lora, lora_config, read_factors, refactor, site_ranks
-from .ops.lowrank import LoRAFactors, compute_dtype
+from ...errors import AdapterError
+from ..lowrank.model import build_lora, lora_config, read_factors, refactor, site_ranks
+from ..lowrank.tensors import LoRAFactors, compute_dtype
+from . import tensors as ops
 
 if TYPE_CHECKING:
-    from .kit import AdapterKit, AdapterRecord
+    from ...core.records import AdapterRecord
+    from ...kit import AdapterKit
 
 HOWS = ("cat", "svd", "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 _LORA_ONLY = ("cat", "svd")
@@ -125,7 +126,7 @@ def _check_same_config(records: list[AdapterRecord], how: str) -> None:
 
 def _plain_states(record: AdapterRecord) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(parameters, buffers) of an adapter by ``host.key``, values as the forward sees them."""
-    from .quantization import plain_state
+    from ...core.records import plain_state
 
     params, buffers = {}, {}
     for host, module in record.modules.items():

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterError
+from ..errors import AdapterError
 
 
 def _method_config(args: argparse.Namespace) -> Any:
-    from . import Bottleneck, LoRA
+    from .. import Bottleneck, LoRA
 
     if args.config:
         return _config_from_json(args.config)
@@ -25,8 +25,8 @@ def _method_config(args: argparse.Namespace) -> Any:
 
 def _config_from_json(text: str) -> Any:
     """A method config from JSON text, or from a file when ``text`` starts with ``@``."""
-    from .config import config_from_dict
-    from .errors import ConfigError
+    from ..errors import ConfigError
+    from ..methods.configs import config_from_dict
 
     if text.startswith("@"):
         try:
@@ -45,8 +45,8 @@ def _prepare(kit: Any, name: str, tok: Any, train: Any, targs: Any) -> None:
     pruning, on 4 training batches)."""
     import torch
 
-    from .methods.sparse_adapter import SparseAdapter, snip_prune
-    from .train import encode
+    from ..methods.sparse_adapter import SparseAdapter, snip_prune
+    from ..train.loop import encode
 
     config = kit.record(name).config
     if isinstance(config, SparseAdapter) and config.criterion == "snip":
@@ -79,11 +79,11 @@ def _counts(kit: Any, name: str) -> dict[str, int]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import AdapterKit
-    from .data import get_task
-    from .hf import load_classifier
-    from .methods import method_name_of
-    from .train import TrainArgs, accuracy, predict, train_adapter
+    from .. import AdapterKit
+    from ..methods import method_name_of
+    from ..train.data import get_task
+    from ..train.loop import TrainArgs, accuracy, predict, train_adapter
+    from ..train.models import load_classifier
 
     task = get_task(args.task)
     train, dev = task.split("train"), task.split("dev", limit=args.eval_limit)
@@ -116,11 +116,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from . import AdapterKit
-    from .data import get_task
-    from .hf import load_classifier
-    from .io.native import CONFIG_FILE, read_json
-    from .train import accuracy, predict
+    from .. import AdapterKit
+    from ..core.checkpoint import CONFIG_FILE, read_json
+    from ..train.data import get_task
+    from ..train.loop import accuracy, predict
+    from ..train.models import load_classifier
 
     meta = read_json(Path(args.dir) / CONFIG_FILE)
     training = meta.get("training", {})
@@ -140,7 +140,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .io.native import CONFIG_FILE, WEIGHTS_FILE, detect_format, read_json, read_safetensors
+    from ..core.checkpoint import CONFIG_FILE, WEIGHTS_FILE, detect_format, read_json, read_safetensors
 
     d = Path(args.dir)
     fmt = detect_format(d)
@@ -151,7 +151,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     tensors = read_safetensors(d / WEIGHTS_FILE)
     if "quantization" in meta:  # count the parameters, not the packed codes
-        from .quantization import dequantize_checkpoint
+        from ..ops.quantize.model import dequantize_checkpoint
 
         tensors = dequantize_checkpoint(meta, tensors, str(d))
     heads = sum(t.numel() for k, t in tensors.items() if k.startswith("head::"))
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a saved adapter")
     i.add_argument("dir")
     i.set_defaults(func=cmd_info)
-    from .cli_ops import add_commands
+    from .ops import add_commands
 
     add_commands(sub)  # combine, extract, quantize, subspace
     return p

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .lowrank import LoRAFactors, compute_dtype, truncated_factors
+from ..lowrank.tensors import LoRAFactors, compute_dtype, truncated_factors
 
 
 def _zero_rank(out_features: int, in_features: int, dtype: torch.dtype) -> LoRAFactors:

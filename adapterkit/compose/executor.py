@@ -15,13 +15,11 @@ from typing import Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .compose.cache import StackCache
-from .compose.nodes import Inputs, Node
-from .compose.parallel import ParallelPreHook
-from .methods.base import AdapterModule, Tap
-from .methods.inputs import InputPreHook
-
-SLOT = "adapterkit"
+from ..core.base import SLOT, AdapterModule, Tap
+from ..core.stack_cache import StackCache
+from ..methods.inputs import InputPreHook
+from .nodes import Inputs, Node
+from .parallel import ParallelPreHook
 
 
 class KitState:

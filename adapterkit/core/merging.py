@@ -1,12 +1,12 @@
-"""Folding weight-delta adapters into their hosts and taking them out again (module level;
-the tensor arithmetic is :func:`adapterkit.ops.merge.add_weight_delta`)."""
+"""Folding weight-delta adapters into their hosts and taking them out again, and the tensor
+arithmetic under it."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from .methods.base import AdapterModule
-from .ops.merge import add_weight_delta
+from .base import AdapterModule
 
 
 def fold(host: nn.Module, module: AdapterModule) -> None:
@@ -42,3 +42,15 @@ def tied_hosts(model: nn.Module, hosts: list[str]) -> dict[str, list[str]]:
             owners.setdefault(id(w), []).append(path)
     tied = {h: [p for p in owners[id(model.get_submodule(h).weight)] if p != h] for h in hosts}
     return {h: others for h, others in tied.items() if others}
+
+
+def add_weight_delta(weight: torch.Tensor, delta: torch.Tensor, sign: float = 1.0) -> None:
+    """``weight += sign * delta`` in place, in the weight's dtype; shapes must agree."""
+    if weight.shape != delta.shape:
+        raise ValueError(f"delta shape {tuple(delta.shape)} != weight shape {tuple(weight.shape)}")
+    weight.data.add_(delta.to(weight.dtype), alpha=sign)
+
+
+def merged_weight(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """A new tensor ``weight + delta`` (pure)."""
+    return weight + delta.to(weight.dtype)

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .errors import TargetError, closest
+from ..errors import TargetError, closest
+from .base import AdapterModule, Site
 from .layouts import LAYER_ROLES, ROLES, Layout, looks_like_role
-from .methods.base import AdapterModule, Site
 
 _REGEX_CHARS = set("*+?[](){}|^$\\")
 _HEAD_NAMES = ("lm_head", "classifier", "score", "head", "qa_outputs", "proj_out")

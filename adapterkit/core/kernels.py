@@ -6,7 +6,7 @@ the module index of each row (``-1``: no adapter), the host output ``h``: (N, ..
 the modules' inputs ``xs`` (one per module), and returns the delta: (N, ..., out), zero on rows
 with ``-1``. :func:`loop_route` is the generic fallback (one masked call per distinct adapter);
 the batched kernels run without a Python loop over adapters, from weights stacked once and
-cached per host (:class:`~adapterkit.compose.cache.StackCache`).
+cached per host (:class:`~adapterkit.core.stack_cache.StackCache`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import StackCache
+from .stack_cache import StackCache
 
 #: LoRA uses dense slots while ``T > 1`` and ``T * (K - 1) * r <= DENSE_BUDGET`` (T tokens per
 #: row, r the largest rank): the work dense slots waste on other rows' adapters grows with all
@@ -157,7 +157,7 @@ def ia3_route(modules: Sequence[Any], rows: torch.Tensor, h: torch.Tensor, xs: S
     off = cache.derived("ia3-rows", (rows, offsets), gather) if cached else gather()  # (N, n)
     if ff == {False}:
         return (h * _row_view(off, h)).to(h.dtype)
-    from ..sites import dense_weight
+    from .sites import dense_weight
 
     scaled = x.to(off.dtype) * _row_view(off, x)
     return F.linear(scaled, dense_weight(base).to(off.dtype)).to(h.dtype)

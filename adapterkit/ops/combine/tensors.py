@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .lowrank import LoRAFactors, SvdMethod, compute_dtype, svd_of_product, truncated_factors
+from ..lowrank.tensors import LoRAFactors, SvdMethod, compute_dtype, svd_of_product, truncated_factors
 
 LoRAAdapter = Mapping[str, LoRAFactors]
 State = Mapping[str, Tensor]

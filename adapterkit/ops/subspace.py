@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import AdapterError
-from .io.native import read_checkpoint
-from .lowrank_adapters import numerical_rank
+from ..core.checkpoint import read_checkpoint
+from ..errors import AdapterError
+from .lowrank.model import numerical_rank
 
 FORMAT = "adapterkit-eigenlora-basis"
 
@@ -54,7 +54,7 @@ class SubspaceReport:
 def _load_lora(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tuple[Tensor, Tensor]]]:
     meta, tensors = read_checkpoint(directory)
     if "quantization" in meta:
-        from .quantization import dequantize_checkpoint
+        from .quantize.model import dequantize_checkpoint
 
         tensors = dequantize_checkpoint(meta, tensors, str(directory))
     if meta.get("method") != "lora":

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AdapterError
+from ..errors import AdapterError
 
 
 @dataclass(frozen=True)

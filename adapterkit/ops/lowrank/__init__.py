@@ -1,0 +1,1 @@
+"""Low-rank factors: the SVD math (``tensors``) and LoRA adapters built from factors (``model``)."""
