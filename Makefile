@@ -19,8 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP)
-	$(PY) -m ruff check adapterkit tests bench examples scripts
+test: lint
 	$(PY) -m pytest
 	$(MAKE) test-peft-compat
 
@@ -34,8 +33,12 @@ test-peft-compat: $(STAMP)
 	test -d $(COMPAT_DIR) || $(PY) -m pip install -q --no-deps --target $(COMPAT_DIR) "$(COMPAT_TRANSFORMERS)"
 	PYTHONPATH=$(COMPAT_DIR) PEFT_REFERENCE_REQUIRED=1 $(PY) -m pytest tests/test_prompt_prefix.py tests/test_peft_prompt.py
 
+# ruff, the import layers of pyproject.toml (function-level imports count, TYPE_CHECKING ones do
+# not) and mypy over the package
 lint: $(STAMP)
 	$(PY) -m ruff check adapterkit tests bench examples scripts
+	$(VENV)/bin/lint-imports
+	$(PY) -m mypy adapterkit
 
 bench: $(STAMP)
 	$(PY) bench/suite.py

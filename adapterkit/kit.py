@@ -21,6 +21,8 @@ from .core.records import AdapterRecord
 from .core.sites import SiteFinder, model_type_of
 from .core.summary import SummaryTable
 from .errors import AdapterNameError, ConfigError, NotMergeableError, closest
+from .io.kitio import load_adapter, save_adapter
+from .io.resolve import resolve
 from .methods import AdapterModule, spec_of
 from .ops.extract.model import ExtractionReport, extract
 
@@ -245,15 +247,13 @@ class AdapterKit(Compositions):
     # -- persistence -------------------------------------------------------------------------
     def save(self, name: str, directory: str | os.PathLike, format: str = "adapterkit") -> None:
         """Write adapter ``name`` (and its ``train_also`` heads) to ``directory``."""
-        from .io.kitio import save_adapter
-
         save_adapter(self, name, directory, format)
 
-    def load(self, directory: str | os.PathLike, name: str | None = None) -> str:
-        """Load an adapter; returns its name. The model is unchanged if this raises."""
-        from .io.kitio import load_adapter
-
-        return load_adapter(self, directory, name)
+    def load(self, source: str | os.PathLike, name: str | None = None, **options: Any) -> str:
+        """Load an adapter from ``source`` (a directory in the adapterkit, PEFT or AdapterHub
+        format, or a URL such as ``hub://owner/name@rev``; ``options`` go to the URL's
+        resolver); returns its name. The model is unchanged if this raises."""
+        return load_adapter(self, resolve(source, **options), name)
 
     # -- reporting ---------------------------------------------------------------------------
     def base_parameter_count(self) -> int:
