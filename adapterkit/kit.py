@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .compose.api import Compositions
-from .compose.blocks import Block, CompositionError, as_composition
+from .compose.blocks import BASE, Block, CompositionError, as_composition
 from .compose.compile import compile_plan
 from .compose.executor import Executor
 from .core.layouts import Layout, get_layout, layout_for
@@ -28,7 +28,6 @@ from .ops.extract.model import ExtractionReport, extract
 
 _ATTR = "_adapterkit"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
-BASE = "__base__"
 
 
 class AdapterKit(Compositions):
