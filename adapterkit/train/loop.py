@@ -128,3 +128,15 @@ def predict(model: Any, tokenizer: Any, data: Sequence[Example], max_length: int
 
 def accuracy(preds: Sequence[int], data: Sequence[Example]) -> float:
     return sum(int(p == ex.label) for p, ex in zip(preds, data)) / max(len(data), 1)
+
+
+@torch.no_grad()
+def predict_values(model: Any, tokenizer: Any, data: Sequence[Any], max_length: int = 64,
+                   batch_size: int = 128, show: bool = False) -> list[float]:
+    """Predicted regression targets (the single output of a ``num_labels=1`` head)."""
+    model.eval()
+    out: list[float] = []
+    chunks = [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
+    for chunk in progress(chunks, len(chunks), "eval", show):
+        out.extend(model(**encode(tokenizer, chunk, max_length)).logits[:, 0].float().tolist())
+    return out
