@@ -15,8 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.checkpoint import CONFIG_FILE, read_json, read_safetensors
-from ..errors import LoadError
+from ..core.checkpoint import (
+    BOOL,
+    CONFIG_FILE,
+    INT,
+    NULL,
+    NUMBER,
+    OBJECT,
+    STR,
+    STRS,
+    Kind,
+    check_kinds,
+    read_json,
+    read_safetensors,
+    refuse_non_finite,
+)
+from ..errors import ConfigError, LoadError
 from ..methods.bottleneck import Bottleneck
 from ..methods.lora import LoRA
 
@@ -42,6 +56,16 @@ _BN_FIXED = {"original_ln_after": True, "residual_before_ln": True, "ln_after": 
 _LORA_FIXED = {"use_gating": False, "use_dora": False, "composition_mode": "add", "leave_out": [],
                "vera_d": None, "vera_b": None}
 _BERT_FAMILIES = ("bert", "roberta", "xlm-roberta")
+#: the kinds of the fields read, at the top level and in ``config``
+_META_KINDS: dict[str, tuple[Kind, ...]] = {"name": (STR, NULL), "version": (STR, NULL),
+                                            "config": (STR, OBJECT)}
+_FLAGS = ("mh_adapter", "output_adapter", "is_parallel", "ln_before", "original_ln_before",
+          "selfattn_lora", "intermediate_lora", "output_lora")
+_CONFIG_KINDS: dict[str, tuple[Kind, ...]] = {
+    "architecture": (STR, NULL), "r": (INT,), "alpha": (NUMBER,),
+    "dropout": (NUMBER,), "attn_matrices": (STRS,), "reduction_factor": (NUMBER, OBJECT),
+    "scaling": (NUMBER, STR), "non_linearity": (STR,), **{f: (BOOL, NULL) for f in _FLAGS},
+}
 _BN_KEY = re.compile(r"(?:^|.*?\.)(encoder\.layer\.\d+\.(?:attention\.output|output))"
                      r"\.adapters\.[^.]+\.(adapter_down\.\d+|adapter_up)\.(weight|bias)$")
 _LORA_KEY = re.compile(r"(?:^|.*?\.)(encoder\.layer\.\d+\..+?)\.loras\.[^.]+\.(lora_A|lora_B)$")
@@ -54,7 +78,8 @@ def _check_fixed(cfg: dict[str, Any], fixed: dict[str, Any], kind: str) -> None:
         raise LoadError(f"AdapterHub {kind} settings with no exact equivalent: {', '.join(bad)}")
 
 
-def _full_config(meta: dict[str, Any]) -> dict[str, Any]:
+def _full_config(meta: dict[str, Any], source: Path) -> dict[str, Any]:
+    check_kinds(meta, _META_KINDS, source)
     cfg = meta.get("config")
     if isinstance(cfg, str):
         key = _ALIASES.get(cfg, cfg)
@@ -64,6 +89,7 @@ def _full_config(meta: dict[str, Any]) -> dict[str, Any]:
         cfg = dict(_PRESETS[key])
     if not isinstance(cfg, dict):
         raise LoadError(f"AdapterHub adapter_config.json has no usable 'config': {cfg!r}")
+    check_kinds(cfg, _CONFIG_KINDS, source)
     return cfg
 
 
@@ -101,8 +127,10 @@ def _version_below_1_1(version: str | None) -> bool:
 def _lora(cfg: dict[str, Any], version: str | None) -> LoRA:
     _check_fixed(cfg, _LORA_FIXED, "LoRA")
     roles = {"q": "attn.q", "k": "attn.k", "v": "attn.v"}
-    targets = [roles[m] for m in cfg.get("attn_matrices", ["q", "v"])] if cfg.get(
-        "selfattn_lora", True) else []
+    matrices = cfg.get("attn_matrices", ["q", "v"])
+    if not set(matrices) <= set(roles):
+        raise LoadError(f"AdapterHub attn_matrices={matrices!r:.80}: each is one of {sorted(roles)}")
+    targets = [roles[m] for m in matrices] if cfg.get("selfattn_lora", True) else []
     targets += ["ffn.in"] * bool(cfg.get("intermediate_lora")) + ["ffn.out"] * bool(cfg.get("output_lora"))
     if not targets:
         raise LoadError("AdapterHub LoRA config targets no module")
@@ -115,15 +143,19 @@ def _lora(cfg: dict[str, Any], version: str | None) -> LoRA:
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     st, pt = directory / "adapter.safetensors", directory / "pytorch_adapter.bin"
     if st.is_file():
-        return read_safetensors(st)
+        tensors = read_safetensors(st)
+        refuse_non_finite(tensors, st)
+        return tensors
     if not pt.is_file():
         raise LoadError(f"{directory} holds neither adapter.safetensors nor pytorch_adapter.bin")
     try:
         state = torch.load(pt, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
         raise LoadError(f"{pt} cannot be read safely as a tensor file: {exc}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise LoadError(f"{pt} does not hold a dict of tensors")
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise LoadError(f"{pt} does not hold a dict of tensors by name")
+    refuse_non_finite(state, pt)
     return state
 
 
@@ -142,31 +174,40 @@ def _our_key(ah_key: str, hosts: list[str], ln_before: bool) -> str | None:
     return f"{host}.{module}.{leaf}" if module else f"{host}.{leaf}"
 
 
-def load_adapterhub(kit: AdapterKit, directory: Path, name: str | None) -> str:
-    """Load an AdapterHub adapter directory into ``kit``; returns the adapter's name."""
-    from .kitio import _mismatches, adapter_tensors, install
-
-    meta = read_json(directory / CONFIG_FILE)
-    cfg, version = _full_config(meta), meta.get("version")
+def _method_config(kit: AdapterKit, cfg: dict[str, Any], version: str | None) -> Any:
     if cfg.get("architecture") == "lora":
-        config: Any = _lora(cfg, version)
-    elif cfg.get("architecture") in (None, "bottleneck"):
+        return _lora(cfg, version)
+    if cfg.get("architecture") in (None, "bottleneck"):
         if kit.layout is None or kit.layout.family not in _BERT_FAMILIES:
             raise LoadError("AdapterHub bottleneck adapters load into bert, roberta and xlm-roberta "
                             f"models; this one has layout {getattr(kit.layout, 'family', None)!r}")
-        config = _bottleneck(cfg, version)
-    else:
-        raise LoadError(f"AdapterHub architecture {cfg.get('architecture')!r} is not supported; "
-                        "supported: bottleneck, lora")
-    record = kit.plan(re.sub(r"[^A-Za-z0-9_\-]", "_", name or str(meta.get("name", directory.name))),
-                      config)
+        return _bottleneck(cfg, version)
+    raise LoadError(f"AdapterHub architecture {cfg.get('architecture')!r} is not supported; "
+                    "supported: bottleneck, lora")
+
+
+def load_adapterhub(kit: AdapterKit, directory: Path, name: str | None) -> str:
+    """Load an AdapterHub adapter directory into ``kit``; returns the adapter's name."""
+    from .kitio import _mismatches, adapter_tensors, install, plan_loaded
+
+    source = directory / CONFIG_FILE
+    meta = read_json(source)
+    try:
+        cfg = _full_config(meta, source)
+        config = _method_config(kit, cfg, meta.get("version"))
+    except (LoadError, ConfigError) as exc:
+        raise LoadError(str(exc) if str(source) in str(exc) else f"{source}: {exc}") from None
+    chosen = re.sub(r"[^A-Za-z0-9_\-]", "_", name or meta.get("name") or directory.name)
+    record = plan_loaded(kit, chosen, config, source, from_file=name is None)
     hosts = [s.host for s in record.sites]
     found: dict[str, torch.Tensor] = {}
     for key, t in _read_weights(directory).items():
         found[_our_key(key, hosts, bool(cfg.get("ln_before"))) or f"(unmapped) {key}"] = t
     problems = _mismatches(adapter_tensors(kit, record), found)
     if problems:
-        raise LoadError(f"{directory} does not fit this model ({len(problems)} problem(s)):\n  "
+        weights = next((p for p in (directory / "adapter.safetensors",
+                                    directory / "pytorch_adapter.bin") if p.is_file()), directory)
+        raise LoadError(f"{weights} does not fit this model ({len(problems)} problem(s)):\n  "
                         + "\n  ".join(problems))
     install(kit, record, found)
     return record.name

@@ -9,11 +9,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.checkpoint import detect_format, read_checkpoint, write_checkpoint
+from ..core.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    detect_format,
+    read_checkpoint,
+    refuse_non_finite,
+    write_checkpoint,
+)
 from ..core.records import head_state, plain_state
 from ..core.sites import model_type_of
 from ..core.version import __version__
-from ..errors import AdapterError, ConfigError, LoadError
+from ..errors import AdapterError, AdapterNameError, ConfigError, LoadError
 from ..methods.configs import config_from_dict, config_to_dict
 
 if TYPE_CHECKING:
@@ -91,21 +98,52 @@ def _mismatches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
     return sorted(problems)
 
 
+def plan_loaded(kit: AdapterKit, name: str, config: Any, source: Path,
+                from_file: bool) -> AdapterRecord:
+    """``kit.plan(name, config)`` for a loader whose config comes from the file ``source`` (and
+    the name too when ``from_file``). A name already taken, or a bad name the caller gave, raises
+    AdapterNameError, a config that fails once built ConfigError; any other failure (a bad name in
+    the file, targets this model lacks, an adapter too large to build) raises LoadError, each
+    naming ``source``."""
+    try:
+        return kit.plan(name, config)
+    except AdapterNameError as exc:
+        if name in kit.names or not from_file:
+            raise AdapterNameError(f"cannot load {source.parent}: {exc}") from None
+        raise LoadError(f"{source}: {exc}") from None
+    except ConfigError as exc:  # a config that fails once built (EigenLoRA: its basis file)
+        raise ConfigError(f"{source}: {exc}") from None
+    except (AdapterError, ValueError) as exc:
+        raise LoadError(f"{source}: the adapter it describes does not fit this model: {exc}") from None
+    except (RuntimeError, MemoryError) as exc:
+        raise LoadError(f"{source}: building the adapter it describes failed "
+                        f"({type(exc).__name__}: {str(exc)[:300]})") from None
+
+
 def _plan_from_meta(kit: AdapterKit, meta: dict[str, Any], name: str | None,
                     directory: Path) -> AdapterRecord:
+    source = directory / CONFIG_FILE
     try:
         config = config_from_dict(meta["config"])
-    except (ConfigError, TypeError) as exc:
-        raise LoadError(f"{directory}: bad method config: {exc}") from None
-    if hasattr(config, "relocated"):  # a config naming a file (EigenLoRA's basis) finds it
-        config = config.relocated(directory)
-    record = kit.plan(name or str(meta["name"]), config)
+        if hasattr(config, "relocated"):  # a config naming a file (EigenLoRA's basis) finds it
+            config = config.relocated(directory)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise LoadError(f"{source}: bad method config: {exc}") from None
+    record = plan_loaded(kit, name or meta["name"], config, source, from_file=name is None)
     heads = meta.get("heads", [])
     missing = [h for h in heads if h not in kit.finder().modules]
     if missing:
-        raise LoadError(f"{directory}: the adapter has trained heads {missing} that this model lacks")
+        raise LoadError(f"{source}: the adapter has trained heads {missing} that this model lacks")
     record.heads = tuple(heads)
     return record
+
+
+def _misfit(d: Path, problems: list[str], meta: dict[str, Any], now: str | None) -> LoadError:
+    base = meta.get("base")
+    was = base.get("model_type") if isinstance(base, dict) else None
+    note = f"; it was saved from model_type {was!r}, this model is {now!r}" if was != now else ""
+    return LoadError(f"{d / WEIGHTS_FILE} does not fit this model ({len(problems)} problem(s){note}):"
+                     "\n  " + "\n  ".join(problems))
 
 
 def load_adapter(kit: AdapterKit, directory: str | os.PathLike, name: str | None) -> str:
@@ -125,22 +163,12 @@ def load_adapter(kit: AdapterKit, directory: str | os.PathLike, name: str | None
     if "quantization" in meta:
         from ..ops.quantize.model import dequantize_checkpoint
 
-        tensors = dequantize_checkpoint(meta, tensors, str(d))
-    try:
-        record = _plan_from_meta(kit, meta, name, d)
-    except LoadError:
-        raise
-    except AdapterError as exc:
-        raise type(exc)(f"cannot load {d}: {exc}") from None
-    expected = adapter_tensors(kit, record)
-    problems = _mismatches(expected, tensors)
+        tensors = dequantize_checkpoint(meta, tensors, str(d / WEIGHTS_FILE))
+    refuse_non_finite(tensors, d / WEIGHTS_FILE)
+    record = _plan_from_meta(kit, meta, name, d)
+    problems = _mismatches(adapter_tensors(kit, record), tensors)
     if problems:
-        was, now = meta.get("base", {}).get("model_type"), model_type_of(kit.model)
-        note = f"; it was saved from model_type {was!r}, this model is {now!r}" if was != now else ""
-        raise LoadError(
-            f"{d} does not fit this model ({len(problems)} problem(s){note}):\n  "
-            + "\n  ".join(problems)
-        )
+        raise _misfit(d, problems, meta, model_type_of(kit.model))
     install(kit, record, tensors)
     return record.name
 

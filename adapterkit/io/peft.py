@@ -20,14 +20,16 @@ import torch
 from torch import nn
 
 from ..core.base import SLOT
-from ..core.checkpoint import _atomic_write, read_json, read_safetensors
+from ..core.checkpoint import STR, _atomic_write, check_kinds, read_json, read_safetensors, refuse_non_finite
 from ..core.sites import SiteFinder, is_conv1d
-from ..errors import AdapterError, AdapterNameError, ConfigError, LoadError, TargetError
+from ..errors import AdapterError, ConfigError, LoadError, TargetError
 from ..methods import get_method, methods
-from .kitio import _mismatches, adapter_tensors, install
+from .kitio import _mismatches, adapter_tensors, install, plan_loaded
 from .peft_keys import (
+    LORA_KINDS,
     PREFIX,
     TASK_HEADS,
+    check_regexes,
     from_peft,
     in_saved_module,
     key_map,
@@ -74,6 +76,8 @@ def _unsupported(d: Path, field: str, value: Any, why: str = "") -> LoadError:
 
 
 def _check_fields(cfg: dict[str, Any], d: Path) -> None:
+    check_kinds(cfg, LORA_KINDS, d / CONFIG_FILE)
+    check_regexes(cfg, d / CONFIG_FILE, ("target_modules", "exclude_modules", "layers_pattern"))
     if cfg.get("peft_type") != "LORA":
         raise _unsupported(d, "peft_type", cfg.get("peft_type"),
                            "only LORA and IA3 checkpoints load")
@@ -133,11 +137,12 @@ def _method_config(kit: AdapterKit, cfg: dict[str, Any], d: Path) -> Any:
     except re.error as exc:
         raise _unsupported(d, "target_modules", cfg["target_modules"], str(exc)) from None
     if not paths:
-        raise LoadError(f"{d}: target_modules={cfg['target_modules']!r} (with layers_to_transform="
-                        f"{cfg.get('layers_to_transform')!r}) matches no module of this model")
+        raise LoadError(f"{d / CONFIG_FILE}: target_modules={cfg['target_modules']!r} (with "
+                        f"layers_to_transform={cfg.get('layers_to_transform')!r}) matches no "
+                        "module of this model")
     bad = _incompatible(kit, paths)
     if bad:
-        raise LoadError(f"{d}: cannot reproduce PEFT's LoRA on " + "; ".join(bad))
+        raise LoadError(f"{d / CONFIG_FILE}: cannot reproduce PEFT's LoRA on " + "; ".join(bad))
     config_cls = get_method("dora" if cfg.get("use_dora") else "lora").config_cls
     try:
         return config_cls(r=cfg.get("r", 8), alpha=cfg.get("lora_alpha", 8),
@@ -151,14 +156,18 @@ def _method_config(kit: AdapterKit, cfg: dict[str, Any], d: Path) -> Any:
 def read_peft_tensors(d: Path) -> dict[str, torch.Tensor]:
     """The tensors of a PEFT checkpoint; pickle files are read with ``weights_only=True``."""
     if (d / SAFETENSORS_FILE).is_file() or not (d / BIN_FILE).is_file():
-        return read_safetensors(d / SAFETENSORS_FILE)
+        tensors = read_safetensors(d / SAFETENSORS_FILE)
+        refuse_non_finite(tensors, d / SAFETENSORS_FILE)
+        return tensors
     try:
         data = torch.load(d / BIN_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling raises many types
         raise LoadError(f"{d / BIN_FILE} is no readable weights-only torch file: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(t, torch.Tensor) for t in data.values()):
         raise LoadError(f"{d / BIN_FILE} must hold a dict of tensors")
-    return {str(k): t for k, t in data.items()}
+    tensors = {str(k): t for k, t in data.items()}
+    refuse_non_finite(tensors, d / BIN_FILE)
+    return tensors
 
 
 def _default_name(d: Path) -> str:
@@ -168,12 +177,7 @@ def _default_name(d: Path) -> str:
 
 def _plan(kit: AdapterKit, config: Any, cfg: dict[str, Any], d: Path, name: str | None,
           found: dict[str, torch.Tensor]) -> AdapterRecord:
-    try:
-        record = kit.plan(name or _default_name(d), config)
-    except AdapterNameError as exc:
-        raise AdapterNameError(f"cannot load {d}: {exc}") from None
-    except AdapterError as exc:
-        raise LoadError(f"cannot load {d}: {exc}") from None
+    record = plan_loaded(kit, name or _default_name(d), config, d / CONFIG_FILE, from_file=False)
     from .peft_prompt import HEAD_PREFIX, TYPES
 
     heads = saved_paths(kit.finder().modules, saved_names(cfg))
@@ -201,6 +205,7 @@ def load_peft(kit: AdapterKit, directory: Path, name: str | None) -> str:
 
     d = Path(directory)
     cfg = read_json(d / CONFIG_FILE)
+    check_kinds(cfg, {"peft_type": (STR,)}, d / CONFIG_FILE)
     check, build_config = _reader(cfg.get("peft_type"))
     check(cfg, d)
     found = read_peft_tensors(d)
@@ -213,9 +218,9 @@ def load_peft(kit: AdapterKit, directory: Path, name: str | None) -> str:
         keys = key_map(kit, ours, record.modules)
     problems = _mismatches(to_peft(ours, keys), found)
     if problems:
-        raise LoadError(
-            f"{d} does not fit this model ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
-        )
+        weights = d / (SAFETENSORS_FILE if (d / SAFETENSORS_FILE).is_file() else BIN_FILE)
+        raise LoadError(f"{weights} does not fit this model ({len(problems)} problem(s)):\n  "
+                        + "\n  ".join(problems))
     install(kit, record, from_peft(found, keys, ours))
     return record.name
 

@@ -16,11 +16,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.checkpoint import STR, STRS, check_kinds
 from ..core.sites import is_conv1d
 from ..errors import ConfigError, LoadError
 from ..methods.ia3 import IA3
-from .peft import _targets, _task_type, _unsupported
-from .peft_keys import peft_sites
+from .peft import CONFIG_FILE, _targets, _task_type, _unsupported
+from .peft_keys import COMMON_KINDS, check_regexes, peft_sites
 
 if TYPE_CHECKING:
     from ..core.records import AdapterRecord
@@ -38,6 +39,8 @@ _IGNORED = frozenset({
 
 
 def check_fields(cfg: dict[str, Any], d: Path) -> None:
+    check_kinds(cfg, {**COMMON_KINDS, "feedforward_modules": (STR, STRS)}, d / CONFIG_FILE)
+    check_regexes(cfg, d / CONFIG_FILE, ("target_modules", "exclude_modules", "feedforward_modules"))
     targets, ff = cfg.get("target_modules"), cfg.get("feedforward_modules")
     if not targets or not isinstance(targets, (str, list)) or targets == "all-linear":
         raise _unsupported(d, "target_modules", targets,
@@ -74,13 +77,13 @@ def method_config(kit: AdapterKit, cfg: dict[str, Any], d: Path) -> IA3:
     except re.error as exc:
         raise _unsupported(d, "feedforward_modules", ff_raw, str(exc)) from None
     if not paths:
-        raise LoadError(f"{d}: target_modules={cfg['target_modules']!r} matches no module of "
-                        "this model")
+        raise LoadError(f"{d / CONFIG_FILE}: target_modules={cfg['target_modules']!r} matches no "
+                        "module of this model")
     try:
         return IA3(targets=_targets(finder, cfg, paths),
                    feedforward=_targets(finder, {"target_modules": ff_raw}, ff) if ff else ())
     except (ConfigError, TypeError, ValueError) as exc:
-        raise LoadError(f"{d}: {exc}") from None
+        raise LoadError(f"{d / CONFIG_FILE}: {exc}") from None
 
 
 def _anchored(paths: list[str]) -> str:

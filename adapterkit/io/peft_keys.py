@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ..core.checkpoint import BOOL, INT, INTS, NULL, NUMBER, OBJECT, STR, STRS, Kind
+from ..errors import LoadError
 from .kitio import HEAD
 
 if TYPE_CHECKING:
@@ -36,6 +39,65 @@ TASK_HEADS: dict[str, tuple[str, ...]] = {
     "TOKEN_CLS": ("classifier", "score"),
     "QUESTION_ANS": ("qa_outputs",),
 }
+
+
+def nested_repeat(pattern: str) -> bool:
+    """Whether ``pattern`` repeats a group that holds a repeat or an alternative (``(.*)*``,
+    ``(a+|b)+``): the shape of regular expression whose matching time can grow exponentially
+    with the length of a module path. Loaders refuse such patterns from files."""
+    stack = [False]  # per open group: whether it holds a repeat or an alternative
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 1
+        elif c == "[":
+            i = _class_end(pattern, i)
+        elif c == "(":
+            stack.append(False)
+        elif c == ")" and len(stack) > 1:
+            inner = stack.pop()
+            if inner and pattern[i + 1:i + 2] in ("*", "+", "{"):
+                return True
+            stack[-1] = stack[-1] or inner
+        elif c in "*+{|":
+            stack[-1] = True
+        i += 1
+    return False
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """The index of the ``]`` that closes the character class opened at ``i``."""
+    j = i + 1 + (pattern[i + 1:i + 2] == "^")
+    j += pattern[j:j + 1] == "]"  # a leading ] is a literal
+    while j < len(pattern) and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j
+
+
+#: The kinds of the fields every PEFT config may have (the IA3 and prompt readers add theirs)
+COMMON_KINDS: dict[str, tuple[Kind, ...]] = {
+    "peft_type": (STR,), "task_type": (STR, NULL), "modules_to_save": (STRS, NULL),
+    "target_modules": (STR, STRS), "exclude_modules": (STR, STRS, NULL),
+}
+LORA_KINDS: dict[str, tuple[Kind, ...]] = {
+    **COMMON_KINDS, "r": (INT,), "lora_alpha": (NUMBER,), "lora_dropout": (NUMBER, NULL),
+    "use_rslora": (BOOL, NULL), "use_dora": (BOOL, NULL), "bias": (STR,),
+    "layers_to_transform": (INT, INTS, NULL), "layers_pattern": (STR, STRS, NULL),
+    "rank_pattern": (OBJECT, NULL), "alpha_pattern": (OBJECT, NULL),
+}
+
+
+def check_regexes(cfg: dict[str, Any], source: Path, fields: tuple[str, ...]) -> None:
+    """Refuse the regular expressions in ``fields`` of ``cfg`` (read from ``source``) whose
+    matching time can grow exponentially (see :func:`nested_repeat`)."""
+    for field in fields:
+        value = cfg.get(field)
+        for pattern in [value] if isinstance(value, str) else value or ():
+            if isinstance(pattern, str) and nested_repeat(pattern):
+                raise LoadError(f"{source}: unsupported {field}={pattern!r:.100}: a repeated group "
+                                "that holds a repeat or an alternative can take exponential time "
+                                "to match")
 
 
 def saved_names(cfg: dict[str, Any]) -> list[str]:

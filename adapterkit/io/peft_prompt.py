@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.checkpoint import BOOL, INT, NULL, STR, STRS, Kind, check_kinds
 from ..errors import ConfigError, LoadError
 from ..methods.prefix import PrefixTuning, kv_shape
 from ..methods.prompt import PromptTuning
@@ -50,6 +51,13 @@ _IGNORED = frozenset({
 #: Task types whose PEFT forward adapterkit's prompt and prefix reproduce (PEFT's model class
 #: without a task type does not apply prompts at all)
 TASKS = ("SEQ_CLS", "CAUSAL_LM", "FEATURE_EXTRACTION")
+#: The kinds of the fields read
+_KINDS: dict[str, tuple[Kind, ...]] = {
+    "peft_type": (STR,), "task_type": (STR, NULL), "modules_to_save": (STRS, NULL),
+    "num_virtual_tokens": (INT,), "num_transformer_submodules": (INT, NULL),
+    "token_dim": (INT, NULL), "num_attention_heads": (INT, NULL), "num_layers": (INT, NULL),
+    "encoder_hidden_size": (INT, NULL), "prefix_projection": (BOOL, NULL),
+}
 
 
 def _unsupported(d: Path, field: str, value: Any, why: str) -> LoadError:
@@ -57,6 +65,7 @@ def _unsupported(d: Path, field: str, value: Any, why: str) -> LoadError:
 
 
 def check_fields(cfg: dict[str, Any], d: Path) -> None:
+    check_kinds(cfg, _KINDS, d / "adapter_config.json")
     if cfg.get("num_transformer_submodules", 1) not in (1, None):
         raise _unsupported(d, "num_transformer_submodules", cfg["num_transformer_submodules"],
                            "encoder-decoder prompts do not load; encoder-only and decoder-only "
@@ -92,7 +101,8 @@ def method_config(kit: AdapterKit, cfg: dict[str, Any], d: Path) -> PromptTuning
     bad = [f"{k}={cfg[k]!r} (this model: {v})" for k, v in shape.items()
            if cfg.get(k) is not None and cfg[k] != v]
     if bad:
-        raise LoadError(f"{d} was made for another model shape: " + "; ".join(bad))
+        raise LoadError(f"{d / 'adapter_config.json'} was made for another model shape: "
+                        + "; ".join(bad))
     n = cfg["num_virtual_tokens"]
     try:
         if cfg["peft_type"] == "PROMPT_TUNING":
