@@ -35,6 +35,12 @@ class AdapterKit(Compositions):
     Composition methods (``route``, ``add_fusion``, ``train_fusion``, ``split_parallel``,
     ``save_setup``, ``load_setup``) come from :class:`~adapterkit.compose.api.Compositions`."""
 
+    # set once per model, in ``__new__``
+    model: nn.Module
+    layout: Layout | None
+    _exec: Executor
+    _records: dict[str, AdapterRecord]
+
     def __new__(cls, model: nn.Module, layout: str | Layout | None = None) -> AdapterKit:
         existing = model.__dict__.get(_ATTR)
         if isinstance(layout, str):
@@ -52,7 +58,7 @@ class AdapterKit(Compositions):
         self.model = model
         self.layout = layout if layout is not None else layout_for(model_type_of(model))
         self._exec = Executor(model)
-        self._records: dict[str, AdapterRecord] = {}
+        self._records = {}
         model.__dict__[_ATTR] = self
         return self
 

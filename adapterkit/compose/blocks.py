@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Union, cast
 
 from ..errors import AdapterError
 
@@ -119,8 +119,8 @@ class Block:
                 raise CompositionError(
                     f"{block} cannot hold {kind if kind != NAME else 'an adapter name'} "
                     f"({child!r}); {block} holds {list(NESTING[block])}; {kind} is legal {where}")
-            if kind == NAME:
-                _check_name(child)  # type: ignore[arg-type]
+            if kind == NAME and isinstance(child, str):
+                _check_name(child)
         object.__setattr__(self, "children", tuple(children))
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -194,6 +194,7 @@ class Fuse(Block):
     the fusion layer ``name`` (default ``fuse_<leaf names>``), created by ``kit.add_fusion``."""
 
     __slots__ = ("name",)
+    name: str
 
     def __init__(self, *children: Child, name: str | None = None) -> None:
         self._set_children(children)
@@ -213,6 +214,7 @@ class Average(Block):
     """``h + sum_i w_i delta_i``; weights are used as given, default ``1/n`` each."""
 
     __slots__ = ("weights",)
+    weights: tuple[float, ...]
 
     def __init__(self, *children: Child, weights: Sequence[float] | None = None) -> None:
         self._set_children(children)
@@ -230,6 +232,7 @@ class Split(Block):
     """Sequence positions ``< split_index`` run ``a``, the others ``b``."""
 
     __slots__ = ("split_index",)
+    split_index: int
     MIN_CHILDREN = 2
 
     def __init__(self, a: Child, b: Child, split_index: int) -> None:
@@ -246,6 +249,7 @@ class BatchSplit(Block):
     """Contiguous slices of the batch: the first ``batch_sizes[0]`` rows run child 0, ..."""
 
     __slots__ = ("batch_sizes",)
+    batch_sizes: tuple[int, ...]
 
     def __init__(self, *children: Child, batch_sizes: Sequence[int]) -> None:
         self._set_children(children)
@@ -311,9 +315,10 @@ def from_json(data: Any) -> Composition | None:
     if not isinstance(data, dict) or data.get("block") not in BLOCKS:
         raise CompositionError(f"not a composition: {data!r}; blocks: {list(BLOCKS)}")
     opts = {k: v for k, v in data.items() if k not in ("block", "children", "ids")}
+    # a null entry is no child: the block's own check rejects it with a CompositionError
     if data["block"] == "Route":
-        return Route([from_json(c) for c in data.get("ids", [])])
-    children = [from_json(c) for c in data.get("children", [])]
+        return Route(cast("list[Child]", [from_json(c) for c in data.get("ids", [])]))
+    children = cast("list[Child]", [from_json(c) for c in data.get("children", [])])
     try:
         return BLOCKS[data["block"]](*children, **opts)
     except TypeError as exc:

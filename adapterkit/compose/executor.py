@@ -10,7 +10,8 @@ to a :class:`Tap`; the hook hands each adapter its input (tapped or the host's) 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -45,8 +46,13 @@ class AdapterSlot(nn.ModuleDict):
         self.taps: tuple[Tap, ...] = ()
         self.route_cache = StackCache()
 
+    def adapter(self, name: str) -> AdapterModule | None:
+        """The adapter module ``name`` at this host, or None."""
+        return cast("AdapterModule | None", self._modules.get(name))
+
     def changed(self) -> None:
-        self.taps = tuple(dict.fromkeys(m.tap for m in self.values() if m.tap is not None))
+        modules = cast("Iterable[AdapterModule]", self.values())
+        self.taps = tuple(dict.fromkeys(m.tap for m in modules if m.tap is not None))
         self.route_cache.clear()
 
 
@@ -115,7 +121,7 @@ class Executor:
     def attach(self, name: str, host_path: str, module: AdapterModule,
                input_path: str | None) -> None:
         host = self.model.get_submodule(host_path)
-        slot = host._modules.get(SLOT)
+        slot = cast("AdapterSlot | None", host._modules.get(SLOT))
         if slot is None:
             slot = AdapterSlot()
             host.add_module(SLOT, slot)
@@ -130,8 +136,8 @@ class Executor:
 
     def detach(self, name: str, host_path: str) -> None:
         host = self.model.get_submodule(host_path)
-        slot = host._modules[SLOT]
-        module = slot[name]
+        slot = cast(AdapterSlot, host._modules[SLOT])
+        module = cast(AdapterModule, slot[name])
         module.detached(host)
         del slot[name]
         if module.tap is not None:

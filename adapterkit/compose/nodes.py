@@ -9,13 +9,17 @@ absent from a host is the identity there.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from ..core.base import AdapterModule, Tap
 from .blocks import CompositionError
+
+if TYPE_CHECKING:
+    from ..methods.fusion import FusionModule
+    from .executor import AdapterSlot as Slot
 
 
 class Inputs:
@@ -29,7 +33,10 @@ class Inputs:
 
     def of(self, module: AdapterModule) -> Any:
         """What ``module`` reads: its tapped input if it has a tap, else the host input."""
-        return self.x if module.tap is None else self.taps[module.tap]  # type: ignore[index]
+        if module.tap is None:
+            return self.x
+        assert self.taps is not None, "a module with a tap reads the taps of its slot"
+        return self.taps[module.tap]
 
     def _map(self, fn: Any) -> Inputs:
         taps = {t: fn(v) for t, v in self.taps.items()} if self.taps else self.taps
@@ -46,9 +53,6 @@ class Inputs:
     def positions(self, index: slice) -> Inputs:
         """The positions ``index`` of dim 1 (the sequence) of every input."""
         return self._map(lambda t: t[:, index] if isinstance(t, torch.Tensor) and t.dim() > 1 else t)
-
-
-Slot = nn.ModuleDict
 
 
 class Node:
@@ -76,17 +80,17 @@ class Leaf(Node):
         self.name = name
 
     def run(self, h: torch.Tensor, inp: Inputs, slot: Slot, host: nn.Module) -> torch.Tensor:
-        mod = slot._modules.get(self.name)
+        mod = slot.adapter(self.name)
         if mod is None or mod.merged:
             return h
-        return mod.apply(h, inp.of(mod), host)  # type: ignore[operator]
+        return mod.apply_delta(h, inp.of(mod), host)
 
     def delta(self, h: torch.Tensor, inp: Inputs, slot: Slot,
               host: nn.Module) -> torch.Tensor | None:
-        mod = slot._modules.get(self.name)
+        mod = slot.adapter(self.name)
         if mod is None or mod.merged:
             return None
-        return mod.delta(h, inp.of(mod), host)  # type: ignore[operator]
+        return mod.delta(h, inp.of(mod), host)
 
 
 class StackNode(Node):
@@ -126,11 +130,11 @@ class FuseNode(Node):
         self.name = name
 
     def run(self, h: torch.Tensor, inp: Inputs, slot: Slot, host: nn.Module) -> torch.Tensor:
-        fusion = slot._modules.get(self.name)
+        fusion = cast("FusionModule | None", slot.adapter(self.name))
         if fusion is None:
             return h
         outputs = [child.run(h, inp, slot, host) for child in self.children]
-        return fusion.fuse(h, outputs)  # type: ignore[operator]
+        return fusion.fuse(h, outputs)
 
 
 def _unit(n_rows: int, total: int, block: str) -> int:

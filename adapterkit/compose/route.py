@@ -11,12 +11,17 @@ host and reused by every forward of the route (every decoding step of ``generate
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ..core.base import AdapterModule
 from ..core.stack_cache import plain
-from .nodes import Inputs, Node, Slot, _unit
+from .nodes import Inputs, Node, _unit
+
+if TYPE_CHECKING:
+    from .executor import AdapterSlot as Slot
 
 
 class _Group:
@@ -24,7 +29,7 @@ class _Group:
 
     __slots__ = ("local", "map", "modules")
 
-    def __init__(self, modules: list[nn.Module], positions: list[int], n_entries: int) -> None:
+    def __init__(self, modules: list[AdapterModule], positions: list[int], n_entries: int) -> None:
         self.modules = modules
         table = [-1] * (n_entries + 1)  # entry index + 1 -> module index (0: the base)
         for j, i in enumerate(positions):
@@ -86,13 +91,13 @@ class RouteNode(Node):
         return slot.route_cache.keyed(self.key, lambda: self._build_host(slot))
 
     def _build_host(self, slot: Slot) -> _HostRoute:
-        by_class: dict[type, tuple[list[nn.Module], list[int]]] = {}
+        by_class: dict[type[AdapterModule], tuple[list[AdapterModule], list[int]]] = {}
         composites: list[tuple[int, Node]] = []
         for i, entry in enumerate(self.nodes):
             if isinstance(entry, Node):
                 composites.append((i, entry))
                 continue
-            mod = slot._modules.get(entry)
+            mod = slot.adapter(entry)
             if mod is not None:
                 mods, pos = by_class.setdefault(type(mod), ([], []))
                 mods.append(mod)
@@ -108,10 +113,10 @@ class RouteNode(Node):
             local, which = group.rows(rows)
             mods = group.modules
             if which == "whole":  # every row runs one adapter: run it as activate does
-                return mods[0].apply(h, inp.of(mods[0]), host)  # type: ignore[operator]
+                return mods[0].apply_delta(h, inp.of(mods[0]), host)
             if which == "some":
-                xs = [inp.of(m) for m in mods]  # type: ignore[arg-type]
-                out = out + type(mods[0]).route_deltas(  # type: ignore[attr-defined]
+                xs = [inp.of(m) for m in mods]
+                out = out + type(mods[0]).route_deltas(
                     mods, local, h, xs, host, cache=slot.route_cache, strategy=self.strategy)
         for i, node in plan.composites:
             idx = self._members(plan, i, rows)

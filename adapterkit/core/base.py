@@ -81,9 +81,10 @@ class AdapterModule(nn.Module):
         self.tap: Tap | None = None
         self.merge_stash: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
-    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+    def apply_delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         """``h + delta(h, x, base)``: what a single active adapter does at its host (methods
-        override it only to fuse the addition into their kernel)."""
+        override it only to fuse the addition into their kernel). Named apart from
+        ``nn.Module.apply``, which ``model.apply(fn)`` calls on every submodule."""
         return h + self.delta(h, x, base)
 
     def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:

@@ -7,14 +7,15 @@ import torch
 from torch import nn
 
 from .base import AdapterModule
+from .typed import bias_of, weight_of
 
 
 def fold(host: nn.Module, module: AdapterModule) -> None:
     """Add the module's weight (and bias) delta to its host."""
     dw, db = module.delta_weight(host), module.delta_bias(host)
-    add_weight_delta(host.weight, dw, sign=1.0)
+    add_weight_delta(weight_of(host), dw, sign=1.0)
     if db is not None:
-        add_weight_delta(host.bias, db, sign=1.0)
+        add_weight_delta(_bias(host), db, sign=1.0)
     # a delta that reads the base weight cannot be recomputed from the merged one
     module.merge_stash = (dw, db) if module.delta_reads_base else None
     module.merged = True
@@ -26,11 +27,20 @@ def unfold(host: nn.Module, module: AdapterModule) -> None:
         dw, db = module.merge_stash
     else:
         dw, db = module.delta_weight(host), module.delta_bias(host)
-    add_weight_delta(host.weight, dw.to(host.weight.device), sign=-1.0)
+    weight = weight_of(host)
+    add_weight_delta(weight, dw.to(weight.device), sign=-1.0)
     if db is not None:
-        add_weight_delta(host.bias, db.to(host.bias.device), sign=-1.0)
+        bias = _bias(host)
+        add_weight_delta(bias, db.to(bias.device), sign=-1.0)
     module.merge_stash = None
     module.merged = False
+
+
+def _bias(host: nn.Module) -> torch.Tensor:
+    """The bias a bias delta goes into (a method gives one only for a host that has a bias)."""
+    bias = bias_of(host)
+    assert bias is not None, "a bias delta for a host without a bias"
+    return bias
 
 
 def tied_hosts(model: nn.Module, hosts: list[str]) -> dict[str, list[str]]:

@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import TargetError, closest
 from .base import AdapterModule, Site
 from .layouts import LAYER_ROLES, ROLES, Layout, looks_like_role
+from .typed import weight_of
 
 _REGEX_CHARS = set("*+?[](){}|^$\\")
 _HEAD_NAMES = ("lm_head", "classifier", "score", "head", "qa_outputs", "proj_out")
@@ -173,7 +174,8 @@ class SiteFinder:
 
 def dense_weight(module: nn.Module) -> torch.Tensor:
     """The weight of a Linear or Conv1D as (out, in): a view, transposed for Conv1D."""
-    return module.weight.t() if is_conv1d(module) else module.weight
+    weight = weight_of(module)
+    return weight.t() if is_conv1d(module) else weight
 
 
 def features_of(module: nn.Module) -> tuple[int, int]:
@@ -181,7 +183,8 @@ def features_of(module: nn.Module) -> tuple[int, int]:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if is_conv1d(module):
-        return int(module.weight.shape[0]), int(module.weight.shape[1])
+        shape = weight_of(module).shape
+        return int(shape[0]), int(shape[1])
     if isinstance(module, nn.Conv2d):
         return module.in_channels, module.out_channels
     if isinstance(module, nn.Embedding):

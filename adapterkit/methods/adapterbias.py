@@ -20,6 +20,7 @@ from torch import nn
 from ..config import check_choice
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, features_of
+from ..core.typed import factory, weight_of
 from ..errors import ConfigError
 from . import register
 
@@ -59,7 +60,7 @@ class AdapterBiasModule(AdapterModule):
 
     def __init__(self, n_out: int, like: torch.Tensor) -> None:
         super().__init__()
-        kw = {"device": like.device, "dtype": like.dtype}
+        kw = factory(like)
         self.v = nn.Parameter(torch.zeros(n_out, **kw))
         self.alpha = nn.Linear(n_out, 1, **kw)
 
@@ -75,7 +76,7 @@ def _find_sites(config: AdapterBias, finder: SiteFinder) -> list[Site]:
 
 def _build(config: AdapterBias, site: Site, finder: SiteFinder) -> AdapterBiasModule:
     host = finder.module(site.host)
-    return AdapterBiasModule(features_of(host)[1], host.weight)
+    return AdapterBiasModule(features_of(host)[1], weight_of(host))
 
 
 register(MethodSpec(

@@ -22,6 +22,7 @@ from ..config import check_choice, check_positive
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.kernels import bottleneck_route
 from ..core.sites import SiteFinder, features_of, is_linear_like
+from ..core.typed import factory, weight_of
 from ..errors import ConfigError
 from . import register
 
@@ -73,11 +74,13 @@ class BottleneckModule(AdapterModule):
     """
 
     kind = MethodKind.RESIDUAL
+    #: the sublayer's own LayerNorm, for ``LN(h + x)`` (a base module, set after building)
+    orig_norm: nn.Module | None
 
     def __init__(self, n_in: int, n_out: int, width: int, config: Bottleneck,
                  like: torch.Tensor) -> None:
         super().__init__()
-        kw = {"device": like.device, "dtype": like.dtype}
+        kw = factory(like)
         self.norm = nn.LayerNorm(n_in, **kw) if config.layer_norm else nn.Identity()
         self.down = nn.Linear(n_in, width, **kw)
         self.act = ACTIVATIONS[config.non_linearity]()
@@ -131,7 +134,7 @@ def bottleneck_shape(config: Any, site: Site, finder: SiteFinder) -> tuple[int, 
 
 def _build(config: Bottleneck, site: Site, finder: SiteFinder) -> BottleneckModule:
     host = finder.module(site.host)
-    module = BottleneckModule(*bottleneck_shape(config, site, finder), config, host.weight)
+    module = BottleneckModule(*bottleneck_shape(config, site, finder), config, weight_of(host))
     if site.norm is not None:
         object.__setattr__(module, "orig_norm", finder.module(site.norm))
     return module

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import nn
 from ..config import check_choice, check_positive
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, features_of
+from ..core.typed import factory, weight_of
 from ..errors import ConfigError
 from . import register
 from .bottleneck import ACTIVATIONS
@@ -103,12 +105,14 @@ class CompacterModule(AdapterModule):
     """
 
     kind = MethodKind.RESIDUAL
+    #: the module holding the shared rule matrices, or None when this one holds them
+    rule_owner: CompacterModule | None
 
     def __init__(self, n_in: int, n_out: int, width: int, config: Compacter,
                  like: torch.Tensor, rule_owner: CompacterModule | None) -> None:
         super().__init__()
         n, r = config.phm_dim, config.rank
-        kw = {"device": like.device, "dtype": like.dtype}
+        kw = factory(like)
         if rule_owner is None:
             self.phm_rule = nn.Parameter(torch.randn(n, n, n, **kw) * RULE_INIT_STD)
         # a reference, not a submodule: the owner's parameters stay the owner's
@@ -152,8 +156,8 @@ def _build(config: Compacter, site: Site, finder: SiteFinder) -> CompacterModule
     owner = None
     if config.shared_rule:
         key = ("compacter.rule_owner", config)
-        owner = finder.memo.get(key)
-    module = CompacterModule(n_in, n_out, width, config, host.weight, owner)
+        owner = cast("CompacterModule | None", finder.memo.get(key))
+    module = CompacterModule(n_in, n_out, width, config, weight_of(host), owner)
     if config.shared_rule and owner is None:
         finder.memo[key] = module
     return module

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import check_positive
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, dense_weight, is_conv1d
+from ..core.typed import weight_of
 from ..errors import ConfigError
 from . import register
 from .lora import LoRAModule, _as_targets
@@ -71,7 +72,7 @@ class DoRAModule(LoRAModule):
     def __init__(self, base: nn.Module, r: int, scale: float, dropout: float) -> None:
         super().__init__(base, r, scale, dropout, "default")
         with torch.no_grad():
-            norm = _row_norm(base.weight, self._in_dim(base))
+            norm = _row_norm(weight_of(base), self._in_dim(base))
         self.magnitude = nn.Parameter(norm.clone())
 
     @staticmethod
@@ -82,7 +83,7 @@ class DoRAModule(LoRAModule):
         """``m / ||W + s B A||_c``: (out,), with the norm detached."""
         with torch.no_grad():
             lora = LoRAModule.delta_weight(self, base)  # s B A in the weight's layout
-            w = base.weight.to(dtype)
+            w = weight_of(base).to(dtype)
             norm = _row_norm(w + lora.to(dtype), self._in_dim(base))
         return self.magnitude.to(dtype) / norm
 
@@ -93,11 +94,11 @@ class DoRAModule(LoRAModule):
         lora_out = self._low_rank(x, base, drop=False)  # (..., out)
         return ((mscale - 1) * base_out + mscale * lora_out * self.scale).to(h.dtype)
 
-    # LoRA's apply fuses its own delta; DoRA's delta differs, so it goes back to h + delta
-    apply = AdapterModule.apply
+    # LoRA's apply_delta fuses its own delta; DoRA's delta differs, so it goes back to h + delta
+    apply_delta = AdapterModule.apply_delta
 
     def delta_weight(self, base: nn.Module) -> torch.Tensor:
-        w = base.weight
+        w = weight_of(base)
         v = w + LoRAModule.delta_weight(self, base).to(w.dtype)  # W + s B A, weight layout
         mscale = self.magnitude.to(w.dtype) / _row_norm(v, self._in_dim(base))  # (out,)
         mscale = mscale[None, :] if is_conv1d(base) else mscale[:, None]

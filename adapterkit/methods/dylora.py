@@ -107,7 +107,7 @@ class DyLoRAModule(LoRAModule):
         low, scale = self._run(x, base)
         return (low * scale).to(h.dtype)
 
-    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+    def apply_delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         low, scale = self._run(x, base)
         return torch.add(h, low.to(h.dtype), alpha=scale)
 

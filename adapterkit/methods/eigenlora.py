@@ -34,6 +34,7 @@ from torch import nn
 from ..config import check_positive
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, features_of, is_conv1d, is_linear_like
+from ..core.typed import factory, weight_of
 from ..errors import ConfigError, TargetError
 from . import register
 from .lora import _as_targets
@@ -134,11 +135,13 @@ class EigenLoRAModule(AdapterModule):
     ``s * ((x @ V_A C_A) @ (V_B C_B)^T)``: (..., out)."""
 
     kind = MethodKind.WEIGHT_DELTA
+    basis_A: torch.Tensor
+    basis_B: torch.Tensor
 
     def __init__(self, base: nn.Module, basis_a: torch.Tensor, basis_b: torch.Tensor, r: int,
                  scale: float) -> None:
         super().__init__()
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        kw = factory(weight_of(base))
         self.register_buffer("basis_A", basis_a.to(**kw).contiguous(), persistent=False)
         self.register_buffer("basis_B", basis_b.to(**kw).contiguous(), persistent=False)
         k = basis_a.shape[1]

@@ -15,6 +15,7 @@ from torch import nn
 from ..config import check_positive
 from ..core.base import SLOT, AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, features_of, is_linear_like
+from ..core.typed import factory, weight_of
 from ..errors import ConfigError
 from . import register
 from .lora import _as_targets
@@ -46,7 +47,7 @@ class FusionModule(AdapterModule):
 
     def __init__(self, features: int, temperature: float, like: torch.Tensor) -> None:
         super().__init__()
-        kw = {"device": like.device, "dtype": like.dtype}
+        kw = factory(like)
         self.query = nn.Linear(features, features, **kw)
         self.key = nn.Linear(features, features, **kw)
         self.value = nn.Linear(features, features, **kw)
@@ -96,7 +97,7 @@ def _find_sites(config: Fusion, finder: SiteFinder) -> list[Site]:
 
 def _build(config: Fusion, site: Site, finder: SiteFinder) -> FusionModule:
     host = finder.module(site.host)
-    return FusionModule(features_of(host)[1], config.temperature, host.weight)
+    return FusionModule(features_of(host)[1], config.temperature, weight_of(host))
 
 
 register(MethodSpec(

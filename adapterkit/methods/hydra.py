@@ -16,6 +16,7 @@ from torch import nn
 from ..config import check_positive
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, dense_weight, features_of, is_conv1d
+from ..core.typed import factory, weight_of
 from ..errors import ConfigError
 from . import register
 from .lora import _as_targets
@@ -87,7 +88,7 @@ class HydraModule(AdapterModule):
         super().__init__()
         n_in, n_out = features_of(base)
         r_p, r_s = config.r, config.rank_sequential
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        kw = factory(weight_of(base))
         self.par_A = nn.Parameter(torch.empty(r_p, n_in, **kw))
         self.par_B = nn.Parameter(torch.zeros(n_out, r_p, **kw))
         self.seq_A = nn.Parameter(torch.empty(r_s, n_out, **kw))

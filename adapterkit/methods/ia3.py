@@ -17,6 +17,7 @@ from torch import nn
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.kernels import ia3_route
 from ..core.sites import SiteFinder, dense_weight, features_of, is_conv1d, is_linear_like
+from ..core.typed import weight_of
 from ..errors import TargetError
 from . import register
 from .lora import _as_targets
@@ -61,7 +62,7 @@ class IA3Module(AdapterModule):
     def __init__(self, base: nn.Module, feedforward: bool, init_ones: bool) -> None:
         super().__init__()
         n_in, n_out = features_of(base)
-        w = base.weight
+        w = weight_of(base)
         n = n_in if feedforward else n_out
         offset = torch.zeros(n) if init_ones else torch.randn(n) - 1  # l = 1 or l ~ N(0, 1)
         self.ia3_offset = nn.Parameter(offset.to(w.device, w.dtype))
@@ -82,7 +83,7 @@ class IA3Module(AdapterModule):
             return self._scaled_input(x, base).to(h.dtype)
         return (h * self.ia3_offset).to(h.dtype)
 
-    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+    def apply_delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         if self.feedforward:
             return h + self._scaled_input(x, base).to(h.dtype)
         return (h * self.scaling).to(h.dtype)

@@ -34,7 +34,7 @@ class InputAdapterModule(AdapterModule):
 
     num_tokens: int
 
-    def apply(self, h: torch.Tensor, x: Any, base: nn.Module) -> torch.Tensor:
+    def apply_delta(self, h: torch.Tensor, x: Any, base: nn.Module) -> torch.Tensor:
         return h
 
     def prepare(self, model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch import nn
 from ..config import check_choice, check_positive
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, dense_weight, is_linear_like
+from ..core.typed import factory, weight_of
 from ..errors import ConfigError, TargetError
 from . import register
 from .bottleneck import ACTIVATIONS
@@ -60,12 +62,13 @@ class InvertibleAdapter:
 
 def _subnet(n_in: int, n_out: int, config: InvertibleAdapter, like: torch.Tensor) -> nn.Sequential:
     """``Linear(n_in, width) -> act -> Linear(width, n_out)``, the last layer zero: output 0."""
-    kw = {"device": like.device, "dtype": like.dtype}
+    kw = factory(like)
     width = max(1, int(n_in // config.reduction))
     net = nn.Sequential(nn.Linear(n_in, width, **kw), ACTIVATIONS[config.non_linearity](),
                         nn.Linear(width, n_out, **kw))
-    nn.init.zeros_(net[2].weight)
-    nn.init.zeros_(net[2].bias)
+    last = cast(nn.Linear, net[2])
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
     return net
 
 
@@ -85,7 +88,7 @@ class InvertibleModule(AdapterModule):
         o2 = c(s2(o1)) * e2 + t2(o1)    e1 = (o1 - t1(e2)) / c(s1(e2))   (inverse)
 
     The last layers of ``F`` and ``G`` start at zero, so ``f`` starts as the identity. At its
-    host the delta is ``f(e) - e``; ``apply`` returns ``f(e)`` itself.
+    host the delta is ``f(e) - e``; ``apply_delta`` returns ``f(e)`` itself.
     """
 
     kind = MethodKind.RESIDUAL
@@ -116,7 +119,7 @@ class InvertibleModule(AdapterModule):
 
     def forward_block(self, e: torch.Tensor) -> torch.Tensor:
         """``f(e)``: (..., d) -> (..., d)."""
-        e = e.to(self.F[0].weight.dtype)
+        e = e.to(weight_of(self.F[0]).dtype)
         e1, e2 = e.split((self.d1, self.d2), dim=-1)
         o1 = self._couple(self.F, e2, e1, reverse=False)
         o2 = self._couple(self.G, o1, e2, reverse=False)
@@ -124,7 +127,7 @@ class InvertibleModule(AdapterModule):
 
     def inverse(self, o: torch.Tensor) -> torch.Tensor:
         """``f^-1(o)``: (..., d) -> (..., d)."""
-        o = o.to(self.F[0].weight.dtype)
+        o = o.to(weight_of(self.F[0]).dtype)
         o1, o2 = o.split((self.d1, self.d2), dim=-1)
         e2 = self._couple(self.G, o1, o2, reverse=True)
         e1 = self._couple(self.F, e2, o1, reverse=True)
@@ -133,7 +136,7 @@ class InvertibleModule(AdapterModule):
     def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         return (self.forward_block(h) - h).to(h.dtype)
 
-    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+    def apply_delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         return self.forward_block(h).to(h.dtype)
 
 
@@ -147,6 +150,7 @@ class InverseModule(AdapterModule):
     """
 
     kind = MethodKind.RESIDUAL
+    block: InvertibleModule
 
     def __init__(self, block: InvertibleModule) -> None:
         super().__init__()
@@ -154,7 +158,7 @@ class InverseModule(AdapterModule):
 
     def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         w = dense_weight(base)
-        u = self.block.inverse(x) - x.to(w.dtype)  # type: ignore[operator]
+        u = self.block.inverse(x) - x.to(w.dtype)
         return F.linear(u.to(w.dtype), w).to(h.dtype)
 
 
@@ -191,6 +195,7 @@ def _block(config: InvertibleAdapter, finder: SiteFinder) -> InvertibleModule:
     key = ("invertible.block", config)
     if key not in finder.memo:
         emb = finder.module(_embedding(finder))
+        assert isinstance(emb, nn.Embedding)  # _embedding finds an nn.Embedding
         finder.memo[key] = InvertibleModule(emb.embedding_dim, config, emb.weight)
     return finder.memo[key]  # type: ignore[return-value]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from ..config import check_choice, check_positive
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.kernels import lora_route
 from ..core.sites import SiteFinder, features_of, is_conv1d
+from ..core.typed import weight_of
 from ..errors import ConfigError
 from . import register
 
@@ -36,9 +37,10 @@ def _as_targets(value: object) -> tuple[str, ...]:
 
 def _as_rank_pattern(value: object) -> tuple[tuple[str, int], ...]:
     """``{pattern: rank}`` or ``((pattern, rank), ...)`` as a tuple of pairs, validated."""
-    items = value.items() if isinstance(value, Mapping) else value
+    # anything that is not an iterable of pairs fails the unpacking below with a TypeError
+    items = cast("Iterable[tuple[Any, Any]]", value.items() if isinstance(value, Mapping) else value)
     try:
-        pairs = tuple((str(p), r) for p, r in items)  # type: ignore[union-attr]
+        pairs = tuple((str(p), r) for p, r in items)
     except (TypeError, ValueError):
         raise ConfigError(f"LoRA.rank_pattern must map patterns to ranks, got {value!r}") from None
     for pattern, rank in pairs:
@@ -115,7 +117,7 @@ class LoRAModule(AdapterModule):
     def __init__(self, base: nn.Module, r: int, scale: float, dropout: float, init: str) -> None:
         super().__init__()
         n_in, n_out = features_of(base)
-        w = base.weight
+        w = weight_of(base)
         shape_a = (r, n_in, *base.kernel_size) if isinstance(base, nn.Conv2d) else (r, n_in)
         if isinstance(base, nn.Conv2d) and base.groups != 1:
             raise ConfigError("LoRA on Conv2d supports groups=1 only")
@@ -154,7 +156,7 @@ class LoRAModule(AdapterModule):
     def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         return (self._low_rank(x, base) * self.scale).to(h.dtype)
 
-    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+    def apply_delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         return torch.add(h, self._low_rank(x, base).to(h.dtype), alpha=self.scale)
 
     @classmethod

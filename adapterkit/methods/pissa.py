@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..core.base import AdapterModule
 from ..core.merging import tied_hosts
 from ..core.sites import SiteFinder, dense_weight, features_of, is_conv1d, is_linear_like
+from ..core.typed import weight_of
 from ..errors import ConfigError
 from . import spec_of
 from .lora import LoRA, LoRAModule, is_pissa
@@ -68,7 +70,7 @@ def principal_factors(weight: torch.Tensor, r: int, scale: float,
         u, s, vh = u[:, :r], s[:r], vh[:r]
     else:
         niter = int(init.rsplit("_", 1)[1])
-        devices = None if w.is_cuda else []
+        devices: list[int] | None = None if w.is_cuda else []
         with torch.random.fork_rng(devices=devices, device_type="cuda" if w.is_cuda else None):
             torch.manual_seed(_NITER_SEED)
             u, s, v = torch.svd_lowrank(w, q=r, niter=niter)  # u (out, r), v (in, r)
@@ -90,6 +92,9 @@ class PiSSAModule(LoRAModule):
     an adapter there and unmerging it again leaves float rounding).
     """
 
+    pissa_A0: torch.Tensor
+    pissa_B0: torch.Tensor
+
     def __init__(self, base: nn.Module, r: int, scale: float, dropout: float, init: str) -> None:
         super().__init__(base, r, scale, dropout, "zeros")
         a0, b0 = principal_factors(dense_weight(base), r, scale, init)
@@ -109,7 +114,7 @@ class PiSSAModule(LoRAModule):
         return res.t() if is_conv1d(host) else res
 
     def attached(self, host: nn.Module) -> None:
-        w = host.weight
+        w = weight_of(host)
         with torch.no_grad():
             self.original_weight = w.detach().to("cpu", copy=True)
             w.copy_(self.residual(w.detach(), host))
@@ -117,7 +122,7 @@ class PiSSAModule(LoRAModule):
     def detached(self, host: nn.Module) -> None:
         if self.original_weight is None:
             return
-        w = host.weight
+        w = weight_of(host)
         with torch.no_grad():
             original = self.original_weight.to(w.device)
             w.copy_(original + (w.detach() - self.residual(original, host)))
@@ -141,7 +146,7 @@ def pissa_as_lora(kit: AdapterKit, name: str) -> AdapterRecord:
         config, r=2 * config.r, init="zeros",
         alpha=config.alpha * (math.sqrt(2) if config.use_rslora else 2),
         rank_pattern=tuple((p, 2 * k) for p, k in config.rank_pattern))
-    modules = {}
+    modules: dict[str, AdapterModule] = {}
     for host, module in record.modules.items():
         assert isinstance(module, PiSSAModule)
         a, b = module.lora_A.detach(), module.lora_B.detach()

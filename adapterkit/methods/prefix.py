@@ -14,6 +14,7 @@ from torch import nn
 
 from ..core.base import MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder
+from ..core.typed import input_embeddings, text_config, weight_of
 from ..errors import ConfigError
 from . import register
 from .inputs import (
@@ -53,8 +54,7 @@ class PrefixTuning:
 
 def kv_shape(model: nn.Module) -> tuple[int, int, int]:
     """(layers, key/value heads, head dim) of the model's self-attention caches."""
-    cfg = model.config  # type: ignore[union-attr]
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    cfg = text_config(model)
     heads = int(cfg.num_attention_heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
@@ -69,7 +69,7 @@ def fill_cache(model: nn.Module, cache: Any, rows: torch.Tensor) -> Any:
 
         cache = DynamicCache(config=model.config)
     layers, kv_heads, head_dim = kv_shape(model)
-    dtype = model.get_input_embeddings().weight.dtype  # type: ignore[operator]
+    dtype = weight_of(input_embeddings(model)).dtype
     n, p = rows.shape[:2]
     t = rows.to(dtype).view(n, p, 2 * layers, kv_heads, head_dim)
     t = t.permute(2, 0, 3, 1, 4)  # (2L, N, K, P, d)
@@ -102,7 +102,7 @@ class PrefixModule(InputAdapterModule):
         super().__init__()
         self.num_tokens = num_tokens
         self.layers, self.kv_heads, self.head_dim = kv_shape(model)
-        w = model.get_input_embeddings().weight  # type: ignore[operator]
+        w = weight_of(input_embeddings(model))
         kv = self.kv_heads * self.head_dim
         width = 2 * self.layers * kv
         if reparameterize:  # nn.Embedding and nn.Linear initialisation, as PEFT

@@ -15,6 +15,7 @@ from torch import nn
 from ..config import check_choice
 from ..core.base import MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder
+from ..core.typed import input_embeddings, weight_of
 from ..errors import ConfigError
 from . import register
 from .inputs import (
@@ -65,7 +66,7 @@ class PromptModule(InputAdapterModule):
 
     def __init__(self, embedding: nn.Module, num_tokens: int, init: str) -> None:
         super().__init__()
-        w = embedding.weight
+        w = weight_of(embedding)
         with torch.no_grad():
             if init == "vocab":
                 ids = torch.randint(0, w.shape[0], (num_tokens,)).to(w.device)
@@ -87,7 +88,7 @@ class PromptModule(InputAdapterModule):
         ids = kwargs.pop("input_ids", None)
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
-            embeds = model.get_input_embeddings()(ids)  # type: ignore[operator]
+            embeds = input_embeddings(model)(ids)
         s = embeds.shape[1]
         prompt = self.prompt.to(embeds.dtype)[None].expand(b, -1, -1)
         kwargs["inputs_embeds"] = torch.cat([prompt, embeds], 1)

@@ -20,6 +20,7 @@ from torch import nn
 from ..config import check_choice
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, dense_weight, features_of, is_conv1d
+from ..core.typed import weight_of
 from ..errors import ConfigError
 from . import register
 from .lora import _as_targets
@@ -101,11 +102,12 @@ class SHiRAModule(AdapterModule):
     """
 
     kind = MethodKind.WEIGHT_DELTA
+    shira_indices: torch.Tensor
 
     def __init__(self, base: nn.Module, indices: torch.Tensor) -> None:
         super().__init__()
         n_in, n_out = features_of(base)
-        w = base.weight
+        w = weight_of(base)
         self.shape = (n_out, n_in)
         self.register_buffer("shira_indices", indices.to(device=w.device, dtype=torch.long))
         self.shira_weight = nn.Parameter(torch.zeros(indices.numel(), device=w.device, dtype=w.dtype))
@@ -128,7 +130,7 @@ class SHiRAModule(AdapterModule):
     def scatter_into(self, base: nn.Module, alpha: float = 1.0) -> None:
         """``W[mask] += alpha * shira_weight`` in place: only the ``k`` masked entries are touched
         (the fast switch between adapters on merged weights; ``kit.merge`` adds the dense delta)."""
-        w, (n_out, n_in) = base.weight, self.shape
+        w, (n_out, n_in) = weight_of(base), self.shape
         idx = self.shira_indices
         if is_conv1d(base):  # (in, out) storage: entry (row, col) sits at col * out + row
             idx = (idx % n_in) * n_out + torch.div(idx, n_in, rounding_mode="floor")

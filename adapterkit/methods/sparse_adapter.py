@@ -22,6 +22,7 @@ from torch import nn
 from ..config import check_choice
 from ..core.base import MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder
+from ..core.typed import weight_of
 from ..errors import ConfigError
 from . import register
 from .bottleneck import Bottleneck, BottleneckModule, bottleneck_shape
@@ -77,6 +78,9 @@ class SparseAdapterModule(BottleneckModule):
     Input ``u``: (..., in); delta: (..., out).
     """
 
+    down_mask: torch.Tensor
+    up_mask: torch.Tensor
+
     def __init__(self, n_in: int, n_out: int, width: int, config: SparseAdapter,
                  like: torch.Tensor) -> None:
         super().__init__(n_in, n_out, width, config, like)
@@ -87,7 +91,7 @@ class SparseAdapterModule(BottleneckModule):
         self.register_buffer("down_mask", torch.ones(width, n_in, dtype=torch.bool, device=like.device))
         self.register_buffer("up_mask", torch.ones(n_out, width, dtype=torch.bool, device=like.device))
 
-    def pruned(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    def pruned(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(weight, mask) of each prunable weight."""
         return [(self.down.weight, self.down_mask), (self.up.weight, self.up_mask)]
 
@@ -143,7 +147,7 @@ def _find_sites(config: SparseAdapter, finder: SiteFinder) -> list[Site]:
 
 def _make(config: SparseAdapter, site: Site, finder: SiteFinder) -> SparseAdapterModule:
     host = finder.module(site.host)
-    module = SparseAdapterModule(*bottleneck_shape(config, site, finder), config, host.weight)
+    module = SparseAdapterModule(*bottleneck_shape(config, site, finder), config, weight_of(host))
     if site.norm is not None:
         object.__setattr__(module, "orig_norm", finder.module(site.norm))
     return module
@@ -217,7 +221,7 @@ def snip_prune(kit: AdapterKit, name: str,
             for host, m in record.modules.items() if isinstance(m, SparseAdapterModule)}
 
 
-def _summed_grads(model: nn.Module, weights: list[nn.Parameter], data: Any,
+def _summed_grads(model: nn.Module, weights: list[torch.Tensor], data: Any,
                   loss_fn: Callable[[nn.Module, Any], torch.Tensor]) -> list[torch.Tensor]:
     """``sum over batches of dL/dw`` for each of ``weights`` (their requires_grad forced on)."""
     batches = [data] if callable(data) else list(data)

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, features_of, is_linear_like
+from ..core.typed import weight_of
 from ..errors import ConfigError, TargetError
 from . import register, spec_of
 from .bottleneck import Bottleneck
@@ -173,7 +174,7 @@ def _gate(module: AdapterModule, spec: MethodSpec, site: Site, finder: SiteFinde
     reads_output = spec.kind is not MethodKind.WEIGHT_DELTA and bool(getattr(module, "series", True))
     source = host if reads_output or site.input is None else finder.module(site.input)
     features = features_of(source)[1 if reads_output else 0]
-    return GatedModule(module, features, reads_output, host.weight)
+    return GatedModule(module, features, reads_output, weight_of(host))
 
 
 def _build_part(config: MethodUnion, part: _Part, finder: SiteFinder) -> AdapterModule:
@@ -184,7 +185,7 @@ def _build_part(config: MethodUnion, part: _Part, finder: SiteFinder) -> Adapter
         if part.gate_layer is None:
             return prefix
         host = finder.module(part.site.host)
-        gate = PrefixGate(features_of(host)[0], part.gate_layer, host.weight)
+        gate = PrefixGate(features_of(host)[0], part.gate_layer, weight_of(host))
         object.__setattr__(gate, "source", prefix)
         return gate
     module = spec.build(member, part.site, finder)

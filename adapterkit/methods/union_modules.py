@@ -9,7 +9,7 @@ from the gated submodule's input ``u``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -32,28 +32,34 @@ class UnionModule(AdapterModule):
         self.kind = MethodKind.WEIGHT_DELTA if weight else MethodKind.RESIDUAL  # type: ignore[misc]
         self.delta_reads_base = any(p.delta_reads_base for p in parts)  # type: ignore[misc]
 
+    def members(self) -> Sequence[AdapterModule]:
+        """``parts``, typed as the adapter modules it holds."""
+        return cast("Sequence[AdapterModule]", self.parts)
+
     def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        total = self.parts[0].delta(h, x, base)
-        for part in self.parts[1:]:
+        parts = self.members()
+        total = parts[0].delta(h, x, base)
+        for part in parts[1:]:
             total = total + part.delta(h, x, base)
         return total
 
     def delta_weight(self, base: nn.Module) -> torch.Tensor:
-        total = self.parts[0].delta_weight(base)
-        for part in self.parts[1:]:
+        parts = self.members()
+        total = parts[0].delta_weight(base)
+        for part in parts[1:]:
             total = total + part.delta_weight(base)
         return total
 
     def delta_bias(self, base: nn.Module) -> torch.Tensor | None:
-        biases = [b for p in self.parts if (b := p.delta_bias(base)) is not None]
+        biases = [b for p in self.members() if (b := p.delta_bias(base)) is not None]
         return sum(biases[1:], biases[0]) if biases else None
 
     def attached(self, host: nn.Module) -> None:
-        for part in self.parts:
+        for part in self.members():
             part.attached(host)
 
     def detached(self, host: nn.Module) -> None:
-        for part in reversed(self.parts):
+        for part in reversed(self.members()):
             part.detached(host)
 
 
@@ -146,6 +152,8 @@ class PrefixGate(AdapterModule):
     """
 
     kind = MethodKind.RESIDUAL
+    #: the GatedPrefix whose prefixes this gate scales (set by the union's build)
+    source: GatedPrefix | None
 
     def __init__(self, features: int, layer: int, like: torch.Tensor) -> None:
         super().__init__()
@@ -154,14 +162,14 @@ class PrefixGate(AdapterModule):
         object.__setattr__(self, "source", None)  # the GatedPrefix: not a submodule of this one
 
     def scale_prefix(self, x: torch.Tensor) -> None:
-        source: GatedPrefix | None = self.source  # type: ignore[attr-defined]
+        source = self.source
         pending = source.pending if source is not None else None
-        if pending is None or self.layer in pending.done:
+        if source is None or pending is None or self.layer in pending.done:
             return
         layers = getattr(pending.cache, "layers", None)
         entry = layers[self.layer] if layers is not None and self.layer < len(layers) else None
         keys = getattr(entry, "keys", None)
-        if not isinstance(keys, torch.Tensor) or keys.shape[-2] != source.num_tokens:
+        if entry is None or not isinstance(keys, torch.Tensor) or keys.shape[-2] != source.num_tokens:
             raise AdapterError(
                 f"the gated prefix of layer {self.layer} is not in the key/value cache as "
                 f"(batch, heads, {source.num_tokens}, head_dim) tensors; found {type(entry).__name__}")
@@ -171,7 +179,7 @@ class PrefixGate(AdapterModule):
         entry.values = entry.values * g
         source.gated(self.layer)
 
-    def apply(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+    def apply_delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         self.scale_prefix(x)
         return h
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, features_of, is_conv1d
+from ..core.typed import factory, weight_of
 from ..errors import ConfigError
 from . import register
 from .lora import _as_targets
@@ -84,6 +85,8 @@ class VeRAModule(AdapterModule):
     """
 
     kind = MethodKind.WEIGHT_DELTA
+    vera_A: torch.Tensor
+    vera_B: torch.Tensor
 
     def __init__(self, base: nn.Module, shared_a: torch.Tensor, shared_b: torch.Tensor,
                  d_initial: float, save_projection: bool) -> None:
@@ -93,7 +96,7 @@ class VeRAModule(AdapterModule):
         # views, not copies: every site reads the same memory; saved per site if persistent
         self.register_buffer("vera_A", shared_a[:, :n_in], persistent=save_projection)  # (r, in)
         self.register_buffer("vera_B", shared_b[:n_out, :], persistent=save_projection)  # (out, r)
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        kw = factory(weight_of(base))
         self.lambda_d = nn.Parameter(torch.full((r,), float(d_initial), **kw))
         self.lambda_b = nn.Parameter(torch.zeros(n_out, **kw))
 
@@ -115,7 +118,7 @@ def _find_sites(config: VeRA, finder: SiteFinder) -> list[Site]:
 
 def _build(config: VeRA, site: Site, finder: SiteFinder) -> VeRAModule:
     base = finder.module(site.host)
-    a, b = _shared(config, finder, base.weight)
+    a, b = _shared(config, finder, weight_of(base))
     return VeRAModule(base, a, b, config.d_initial, config.save_projection)
 
 
