@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -128,7 +128,8 @@ def _plain_states(record: AdapterRecord) -> tuple[dict[str, torch.Tensor], dict[
     """(parameters, buffers) of an adapter by ``host.key``, values as the forward sees them."""
     from ...core.records import plain_state
 
-    params, buffers = {}, {}
+    params: dict[str, torch.Tensor] = {}
+    buffers: dict[str, torch.Tensor] = {}
     for host, module in record.modules.items():
         buffer_names = {n for n, _ in module.named_buffers()}
         for key, t in plain_state(module).items():
@@ -144,7 +145,7 @@ def _merge_states(how: str, states: list[dict[str, torch.Tensor]], w: list[float
         return ops.combine_task_arithmetic(states, w)
     if how == "ties":
         return ops.ties(states, w, 0.2 if density is None else density)
-    method = "linear" if how == "dare_linear" else "ties"
+    method: Literal["linear", "ties"] = "linear" if how == "dare_linear" else "ties"
     return ops.dare(states, w, 0.5 if density is None else density, method=method, seed=seed)
 
 
@@ -184,6 +185,8 @@ def _combine_lora(kit: AdapterKit, name: str, how: str, records: list[AdapterRec
     factors = [read_factors(r) for r in records]
     rank, energy = opts.get("rank"), opts.get("energy")
     truncated = rank is not None or energy is not None
+    out: dict[str, LoRAFactors]
+    kept: dict[str, float]
     if how == "cat":
         out, kept = ops.combine_lora_cat(factors, w), {}
     elif how == "svd":

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -137,7 +137,8 @@ def _weighted_sum(states: Sequence[State], weights: Sequence[float]) -> dict[str
     out: dict[str, Tensor] = {}
     for key, first in states[0].items():
         cdt = compute_dtype(first.dtype)
-        acc = sum(w * st[key].to(cdt) for st, w in zip(states, weights))
+        # states are validated non-empty, so the sum is a tensor
+        acc = cast(Tensor, sum(w * st[key].to(cdt) for st, w in zip(states, weights)))
         out[key] = acc.to(first.dtype)
     return out
 

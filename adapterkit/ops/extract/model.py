@@ -23,6 +23,7 @@ from torch import nn
 
 from ...core.progress import progress as bar
 from ...core.sites import dense_weight, is_linear_like
+from ...core.typed import weight_of
 from ...errors import AdapterError
 from ..lowrank.model import build_lora, exact_pattern, lora_config
 from ..lowrank.tensors import LoRAFactors
@@ -91,7 +92,7 @@ def _sites(kit: Any, targets: tuple[str, ...], ft_modules: dict[str, nn.Module])
     finder.check_types(paths, is_linear_like, "Linear and Conv1D", "extract_lora")
     bad = [p for p in paths if p not in ft_modules]
     bad += [f"{p} (shape {tuple(finder.module(p).weight.shape)} vs "
-            f"{tuple(ft_modules[p].weight.shape)})" for p in paths
+            f"{tuple(weight_of(ft_modules[p]).shape)})" for p in paths
             if p in ft_modules and finder.module(p).weight.shape != ft_modules[p].weight.shape]
     if bad:
         raise ExtractError(f"the fine-tuned model lacks or reshapes targeted modules: {bad}")

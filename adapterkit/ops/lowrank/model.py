@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
 
-from ...methods.lora import LoRA
+from ...methods.lora import LoRA, LoRAModule
 from .tensors import LoRAFactors, compute_dtype, factors_from_svd, retained_energy, truncated_factors
 
 if TYPE_CHECKING:
@@ -28,10 +28,16 @@ def exact_pattern(path: str) -> str:
     return f"^{re.escape(path)}$"
 
 
+def lora_modules(record: AdapterRecord) -> dict[str, LoRAModule]:
+    """The modules of a LoRA adapter's record by host, typed as LoRA modules (the callers have
+    checked that the adapter is a LoRA)."""
+    return cast("dict[str, LoRAModule]", record.modules)
+
+
 def read_factors(record: AdapterRecord) -> dict[str, LoRAFactors]:
     """The factors of every site of a LoRA adapter (detached; values as the forward sees them)."""
     out = {}
-    for host, module in record.modules.items():
+    for host, module in lora_modules(record).items():
         a = module.lora_A.detach()
         out[host] = LoRAFactors(A=a.flatten(1), B=module.lora_B.detach(), scale=float(module.scale))
     return out
@@ -88,7 +94,7 @@ def build_lora(kit: AdapterKit, name: str, config: LoRA,
     if missing:
         raise ValueError(f"the config's sites and the factors disagree on {missing}")
     with torch.no_grad():
-        for host, module in record.modules.items():
+        for host, module in lora_modules(record).items():
             f = _at_least_rank_one(factors[host])
             if tuple(module.lora_A.flatten(1).shape) != tuple(f.A.shape):
                 raise ValueError(f"{host}: factor A {tuple(f.A.shape)} does not fit lora_A "

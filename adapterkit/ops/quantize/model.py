@@ -33,7 +33,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -146,6 +146,9 @@ def dequantize_checkpoint(meta: dict[str, Any], tensors: dict[str, Tensor],
         for name, shape in q["tensors"]:
             shape = tuple(int(d) for d in shape)
             b, transposed = plan_tensor(shape, bits, vector_bits)
+            if b is None:
+                raise ValueError(f"{name!r} of shape {shape} is listed as quantised, but "
+                                 "vector_bits is None (full precision)")
             rows, cols = _view(torch.empty(shape, device="meta"), transposed).shape
             n_codes, key = math.ceil(rows * cols * b / 8), f"{CODES}{b}"
             qt = QuantizedTensor(codes=tensors[key][offsets[key]:offsets[key] + n_codes],
@@ -195,7 +198,7 @@ class FakeQuant(nn.Module):
 
 
 def _qat_targets(kit: AdapterKit, name: str) -> list[tuple[nn.Module, str, nn.Parameter]]:
-    out = []
+    out: list[tuple[nn.Module, str, nn.Parameter]] = []
     for module in kit.record(name).modules.values():
         for sub in list(module.modules()):
             if isinstance(sub, (parametrize.ParametrizationList, FakeQuant)):
@@ -232,6 +235,6 @@ def disable_qat(kit: AdapterKit, name: str) -> None:
     for module in record.modules.values():
         for sub in list(module.modules()):
             if parametrize.is_parametrized(sub):
-                for pname in list(sub.parametrizations.keys()):
+                for pname in list(cast(nn.ModuleDict, sub.parametrizations).keys()):
                     parametrize.remove_parametrizations(sub, pname, leave_parametrized=True)
     record.extra.pop("qat", None)

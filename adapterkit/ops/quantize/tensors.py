@@ -121,16 +121,18 @@ def _search_scales(x: Tensor, qmax: int) -> Tensor:
     """Per-row scale ``c * max|x_row| / qmax`` (17-bit, rounded up) with the error-minimising
     clipping ratio ``c`` from ``_CLIP_RATIOS``; float64 of shape (rows,)."""
     peak = x.abs().amax(dim=1) if x.shape[1] else x.new_zeros(x.shape[0])  # (rows,)
-    best_s = best_err = None
+    best_s: Tensor | None = None
+    best_err: Tensor | None = None
     for c in _CLIP_RATIOS:
         s = _round_up_scale(c * peak / qmax).to(torch.float32).to(torch.float64)
         err = ((_levels(x, s, qmax) * s[:, None] - x) ** 2).sum(dim=1)  # (rows,)
-        if best_s is None:
+        if best_s is None or best_err is None:
             best_s, best_err = s, err
         else:
             better = err < best_err
             best_s = torch.where(better, s, best_s)
             best_err = torch.where(better, err, best_err)
+    assert best_s is not None  # _CLIP_RATIOS is not empty
     return best_s
 
 
