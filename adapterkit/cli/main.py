@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .ops import add_commands
 
     add_commands(sub)  # combine, extract, quantize, subspace
+    from .serve import add_commands as add_serve
+
+    add_serve(sub)  # serve
     return p
 
 

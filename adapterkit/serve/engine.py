@@ -1,0 +1,324 @@
+"""The engine: one thread owns the model and runs iteration-level (continuous) batching.
+
+Each step: control messages (new sequences, aborts, adapter attach/remove) are applied; aborted
+and timed-out sequences leave; the scheduler admits waiting sequences; newcomers are prefilled
+(one forward per group of equal prompt length, a sequence with a prompt/prefix adapter alone) and
+their first token chosen; then one decode step runs for every running row, each row with its own
+adapter through the kit's ``Route``, over the slot cache of :mod:`.kvcache`; finished rows leave.
+Everything that touches the model or its adapter slots happens on this thread.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+
+from ..compose.blocks import BASE
+from ..kit import AdapterKit
+from .adapters import AdapterCache
+from .kvcache import SlotKV
+from .protocol import ServeError
+from .sampling import TokenChoice, choose
+from .scheduler import Scheduler, SchedulerConfig
+from .selection import Entries
+from .sequence import Sequence
+
+
+class Engine:
+    def __init__(self, model: Any, tokenizer: Any, config: SchedulerConfig, max_model_len: int,
+                 budget_bytes: int | None = None, metrics: Any = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.kit = AdapterKit(model)
+        self.config = config
+        self.max_model_len = max_model_len
+        self.metrics = metrics
+        self.scheduler = Scheduler(config)
+        self.entries = Entries()
+        self.cache = AdapterCache(self.kit, budget_bytes, self.call, self._adapter_event)
+        self.control: queue.SimpleQueue = queue.SimpleQueue()
+        self.running: list[Sequence] = []  # in row order
+        self.pending = 0  # submitted, not yet admitted (guarded by _lock)
+        self._lock = threading.Lock()
+        self._aborted: set[str] = set()
+        self._stop = False
+        self.steps = 0
+        self.thread = threading.Thread(target=self._loop, name="adapterkit-engine", daemon=True)
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        cfg = model.config
+        self.decoder = not getattr(cfg, "is_encoder_decoder", False) and hasattr(model, "generate") \
+            and getattr(cfg, "model_type", "") not in ("bert", "roberta", "xlm-roberta")
+        self.kv: SlotKV | None = None
+        if self.decoder:
+            heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            self.kv = SlotKV(cfg.num_hidden_layers, heads, dim, config.max_num_seqs, self.dtype,
+                             self.device)
+            names = {p.name for p in inspect.signature(model.forward).parameters.values()}
+            self.cache_arg = "cache" if "cache" in names else "past_key_values"
+        self.eos = _eos_ids(model, tokenizer)
+        self.encode_jobs: list[tuple[Callable[[], Any], Future]] = []
+
+    # -- any thread ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def shutdown(self) -> None:
+        self._stop = True
+        self.control.put(None)
+        self.thread.join(timeout=30)
+        self.cache.pool.shutdown(wait=False, cancel_futures=True)
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the engine thread between steps; a Future of its result."""
+        future: Future = Future()
+        if threading.current_thread() is self.thread:
+            _run(fn, future)
+        else:
+            self.control.put((fn, future))
+        return future
+
+    def submit(self, seqs: list[Sequence]) -> None:
+        """Queue the sequences of one request; ServeError 429 when the queue is full."""
+        with self._lock:
+            if self.pending + len(seqs) > self.config.max_waiting:
+                raise ServeError(429, f"the server's queue is full ({self.config.max_waiting} "
+                                 "waiting requests, --max-waiting); retry later")
+            self.pending += len(seqs)
+        self.control.put((lambda: self._enqueue(seqs), None))
+
+    def abort(self, request_id: str) -> None:
+        self.control.put((lambda: self._aborted.add(request_id), None))
+
+    def waiting_count(self) -> int:
+        return self.pending
+
+    # -- engine thread -------------------------------------------------------------------------
+    def _adapter_event(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.adapter_event(kind)
+
+    def _enqueue(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            seq.pinned = self.cache.acquire(seq.selection.digests, lambda: None)
+            self.scheduler.add(seq)
+
+    def _drain(self, block: bool) -> None:
+        try:
+            item = self.control.get(timeout=0.5) if block else self.control.get_nowait()
+        except queue.Empty:
+            return
+        while item is not None:
+            fn, future = item
+            if future is None:
+                fn()
+            else:
+                _run(fn, future)
+            try:
+                item = self.control.get_nowait()
+            except queue.Empty:
+                return
+
+    def _loop(self) -> None:
+        while not self._stop:
+            try:
+                self._drain(block=not (self.running or self.scheduler.waiting or self.encode_jobs))
+                if self._stop:
+                    break
+                self._step()
+            except Exception as exc:  # a step failed: its sequences fail, the engine goes on
+                traceback.print_exc()
+                for seq in list(self.running):
+                    self._fail(seq, ServeError(500, f"the engine step failed: {exc}"))
+                if self.kv is not None:
+                    self.kv.lengths.clear()
+                self.running.clear()
+
+    def _ready(self, seq: Sequence) -> bool:
+        if not self.cache.ready(seq.selection.digests):
+            return False
+        if not seq.pinned:
+            self.cache.pin_late(seq.selection.digests)
+            seq.pinned = True
+        return True
+
+    def _step(self) -> None:
+        self._drop_aborted()
+        for seq in self.scheduler.expired():
+            self._leave_queue(seq)
+            self._fail(seq, ServeError(503, f"the request waited more than "
+                                       f"{self.config.queue_timeout:g} s for a slot "
+                                       "(--queue-timeout)"))
+        if self.encode_jobs:
+            jobs, self.encode_jobs = self.encode_jobs, []
+            for fn, future in jobs:
+                _run(fn, future)
+        if not self.decoder:
+            return
+        new = self.scheduler.admit(self.running, self._ready)
+        for seq in new:
+            self._leave_queue(seq)
+            seq.admitted = time.perf_counter()
+            seq.entries = self.entries.of(seq.selection)
+        if new:
+            self._prefill(new)
+        self._finish_rows()
+        if self.running:
+            self._decode()
+            self._finish_rows()
+        self.steps += 1
+
+    def _leave_queue(self, seq: Sequence) -> None:
+        with self._lock:
+            self.pending -= 1
+
+    def _drop_aborted(self) -> None:
+        if not self._aborted:
+            return
+        gone = self._aborted
+        self._aborted = set()
+        waiting = [s for s in self.scheduler.waiting if s.request_id in gone]
+        self.scheduler.remove(waiting)
+        for seq in waiting:
+            self._leave_queue(seq)
+            self._release(seq, "abort")
+        for seq in self.running:
+            if seq.request_id in gone:
+                seq.finished = "abort"
+        self._finish_rows()
+
+    # -- forwards -----------------------------------------------------------------------------
+    def _forward(self, entries: list, **kwargs: Any) -> Any:
+        with torch.inference_mode():
+            if all(e == BASE for e in entries):
+                self.kit.activate(None)
+                return self.model(**kwargs)
+            with self.kit.route(entries):
+                return self.model(**kwargs)
+
+    def _prefill(self, new: list[Sequence]) -> None:
+        from transformers import DynamicCache
+
+        assert self.kv is not None
+        groups: dict[Any, list[Sequence]] = {}
+        for seq in new:
+            key = ("alone", id(seq)) if seq.selection.has_input else len(seq.prompt)
+            groups.setdefault(key, []).append(seq)
+        for group in groups.values():
+            ids = torch.tensor([s.prompt for s in group], device=self.device)
+            cache = DynamicCache(config=self.model.config)
+            out = self._forward([s.entries[0] for s in group], input_ids=ids, use_cache=True,
+                                logits_to_keep=1, **{self.cache_arg: cache})
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
+            for i, seq in enumerate(group):
+                layers: list[Any] = list(cache.layers)
+                kv = [(layer.keys[i], layer.values[i]) for layer in layers]
+                seq.row = self.kv.insert(kv)
+                self.running.append(seq)
+            if self.metrics is not None:
+                self.metrics.prefill(sum(len(s.prompt) for s in group))
+            self._take(group, out.logits[:, -1])
+
+    def _decode(self) -> None:
+        assert self.kv is not None
+        rows = self.running
+        cache, mask, pos = self.kv.step()
+        ids = torch.tensor([[s.output[-1]] for s in rows], device=self.device)
+        out = self._forward([s.entries[1] for s in rows], input_ids=ids, attention_mask=mask,
+                            position_ids=pos, use_cache=True, logits_to_keep=1,
+                            **{self.cache_arg: cache})
+        self.kv.advance()
+        if self.metrics is not None:
+            self.metrics.step(len(rows), len({d for s in rows for d in s.selection.digests}))
+        self._take(rows, out.logits[:, -1])
+
+    def _take(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        banned = [self._banned(s) for s in seqs]
+        choices = choose(logits, [s.params for s in seqs], [s.generator for s in seqs], banned)
+        now = time.perf_counter()
+        for seq, choice in zip(seqs, choices):
+            self._token(seq, choice, now)
+
+    def _banned(self, seq: Sequence) -> list[int]:
+        p = seq.params
+        if len(seq.output) >= p.min_tokens:
+            return []
+        return ([] if p.ignore_eos else list(self.eos)) + list(p.stop_token_ids)
+
+    def _token(self, seq: Sequence, choice: TokenChoice, now: float) -> None:
+        token, p = choice.token, seq.params
+        seq.output.append(token)
+        if seq.first_token is None:
+            seq.first_token = now
+            if self.metrics is not None:
+                self.metrics.first_token(seq)
+        elif self.metrics is not None:
+            self.metrics.inter_token(now - (seq.last_token or now))
+        seq.last_token = now
+        special = (token in self.eos and not p.ignore_eos) or token in p.stop_token_ids
+        text = "" if special else seq.text.add(token)
+        if token in p.stop_token_ids:
+            seq.finished, seq.stop_reason = "stop", token
+        elif token in self.eos and not p.ignore_eos:
+            seq.finished = "stop"
+        elif seq.text.stopped is not None:
+            seq.finished, seq.stop_reason = "stop", seq.text.stopped
+        elif len(seq.output) >= p.max_tokens or len(seq.prompt) + len(seq.output) >= self.max_model_len:
+            seq.finished = "length"
+        if seq.finished is not None:
+            text += seq.text.flush()
+        seq.emit(text=text, tokens=[token], logprobs=[choice] if p.logprobs is not None else [],
+                 finish_reason=seq.finished, stop_reason=seq.stop_reason,
+                 prompt_tokens=len(seq.prompt), completion_tokens=len(seq.output))
+
+    def _finish_rows(self) -> None:
+        done = [s for s in self.running if s.finished is not None]
+        if not done:
+            return
+        assert self.kv is not None
+        for seq in sorted(done, key=lambda s: -s.row):  # highest rows first: moves stay valid
+            moved = self.kv.remove(seq.row)
+            last = self.running.pop()
+            if moved is not None:
+                self.running[seq.row] = last
+                last.row = seq.row
+            seq.row = -1
+            self._release(seq, seq.finished or "abort")
+
+    def _release(self, seq: Sequence, reason: str) -> None:
+        self.cache.release(seq.selection.digests, seq.pinned)
+        seq.pinned = False
+        if self.metrics is not None and reason != "abort":
+            self.metrics.finished(seq, reason)
+
+    def _fail(self, seq: Sequence, error: ServeError) -> None:
+        seq.finished = "error"
+        self._release(seq, "abort")
+        seq.emit(error=error, finish_reason="error")
+
+
+def _run(fn: Callable[[], Any], future: Future) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as exc:  # handed to the caller
+        future.set_exception(exc)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for value in (getattr(gen, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
