@@ -18,13 +18,14 @@ Trained heads (``modules_to_save`` and the task type's heads) are stored as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from ..core.checkpoint import BOOL, INT, NULL, STR, STRS, Kind, check_kinds
+from ..core.typed import text_config
 from ..errors import ConfigError, LoadError
-from ..methods.prefix import PrefixTuning, kv_shape
+from ..methods.prefix import PrefixModule, PrefixTuning, kv_shape
 from ..methods.prompt import PromptTuning
 from .kitio import HEAD
 
@@ -84,8 +85,7 @@ def check_fields(cfg: dict[str, Any], d: Path) -> None:
 def _model_shape(kit: AdapterKit, method: str) -> dict[str, int]:
     """The model shape PEFT records: for a prefix the key/value width and heads (fewer than the
     query heads under grouped-query attention), for a prompt the hidden size and heads."""
-    cfg = kit.model.config  # type: ignore[union-attr]
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    cfg = text_config(kit.model)
     layers, kv_heads, head_dim = kv_shape(kit.model)
     if method == "prefix":
         return {"num_layers": layers, "token_dim": kv_heads * head_dim,
@@ -131,10 +131,13 @@ def export_tensors(kit: AdapterKit, record: AdapterRecord,
                    ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``ours`` with a reparameterised prefix replaced by the table its MLP computes."""
     (host, module), = record.modules.items()
-    if record.spec.name != "prefix" or not module.reparameterized:  # type: ignore[union-attr]
+    if record.spec.name != "prefix":
+        return ours
+    prefix = cast(PrefixModule, module)  # the one module of a prefix adapter
+    if not prefix.reparameterized:
         return ours
     with torch.no_grad():
-        table = module.table().detach()  # type: ignore[operator]
+        table = prefix.table().detach()
     kept = {k: t for k, t in ours.items() if k.startswith(HEAD)}
     return {f"{host}.prefix": table, **kept}
 
