@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.base import AdapterModule, MethodKind
+from ..core.base import MethodKind
 from ..core.stack_cache import StackCache, plain
+from ..core.typed import input_embeddings
 from ..errors import AdapterError
 from ..methods.inputs import (
     InputAdapterModule,
@@ -142,7 +143,7 @@ class RoutedInputs:
         ids = kwargs.pop("input_ids", None)
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
-            embeds = model.get_input_embeddings()(ids)  # type: ignore[operator]
+            embeds = input_embeddings(model)(ids)
         p = keep.shape[1]
         kwargs["inputs_embeds"] = torch.cat([kind.table(idx).to(embeds.dtype), embeds], 1)
         head = (torch.arange(p, device=device) - (~keep).sum(1, keepdim=True)).clamp(min=0)
@@ -190,7 +191,7 @@ def _take(value: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 # -- compile time ----------------------------------------------------------------------------
-def _entry_input(entry: Composition, found: dict[str, tuple[AdapterModule, ...]]) -> str | None:
+def _entry_input(entry: Composition, found: dict[str, tuple[InputAdapterModule, ...]]) -> str | None:
     """The input-level adapter of one route entry: the entry itself or one direct member of a
     Stack entry; anywhere else it is refused."""
     if isinstance(entry, str):
@@ -212,7 +213,7 @@ def _entry_input(entry: Composition, found: dict[str, tuple[AdapterModule, ...]]
     return direct[0] if direct else None
 
 
-def route_inputs(kit: AdapterKit, route: Route, found: dict[str, tuple[AdapterModule, ...]]
+def route_inputs(kit: AdapterKit, route: Route, found: dict[str, tuple[InputAdapterModule, ...]]
                  ) -> tuple[Any, ...]:
     """What the input pre-hook runs for ``route`` (``found``: its input-level adapters and their
     modules): the adapter's own modules when every row runs the same one, else a
@@ -220,11 +221,11 @@ def route_inputs(kit: AdapterKit, route: Route, found: dict[str, tuple[AdapterMo
     per_example: list[InputAdapterModule | None] = []
     for entry in route.children:
         name = None if entry == BASE else _entry_input(entry, found)
-        mods = found[name] if name is not None else (None,)
+        mods: tuple[InputAdapterModule | None, ...] = found[name] if name is not None else (None,)
         if len(mods) != 1:
             raise CompositionError(f"adapter {name!r} has {len(mods)} input-level modules; "
                                    "per-example routing runs one per row")
-        per_example.append(mods[0])  # type: ignore[arg-type]
+        per_example.append(mods[0])
     if per_example[0] is not None and all(m is per_example[0] for m in per_example):
         return (per_example[0],)
     family = kit.layout.family if kit.layout is not None else None
