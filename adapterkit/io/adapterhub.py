@@ -50,9 +50,10 @@ _ALIASES = {"pfeiffer": "seq_bn", "houlsby": "double_seq_bn", "parallel": "par_b
 _ACT = {"relu": "relu", "swish": "silu", "silu": "silu", "gelu": "gelu", "gelu_orig": "gelu",
         "tanh": "tanh", "linear": "identity"}
 # field: the only value we can reproduce exactly
-_BN_FIXED = {"original_ln_after": True, "residual_before_ln": True, "ln_after": False,
-             "use_gating": False, "adapter_residual_before_ln": False, "phm_layer": False,
-             "inv_adapter": None, "cross_adapter": False, "leave_out": [], "stochastic_depth": 0.0}
+_BN_FIXED: dict[str, Any] = {
+    "original_ln_after": True, "residual_before_ln": True, "ln_after": False, "use_gating": False,
+    "adapter_residual_before_ln": False, "phm_layer": False, "inv_adapter": None,
+    "cross_adapter": False, "leave_out": [], "stochastic_depth": 0.0}
 _LORA_FIXED = {"use_gating": False, "use_dora": False, "composition_mode": "add", "leave_out": [],
                "vera_d": None, "vera_b": None}
 _BERT_FAMILIES = ("bert", "roberta", "xlm-roberta")
