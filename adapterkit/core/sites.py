@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -15,6 +16,8 @@ from .typed import weight_of
 
 _REGEX_CHARS = set("*+?[](){}|^$\\")
 _HEAD_NAMES = ("lm_head", "classifier", "score", "head", "qa_outputs", "proj_out")
+
+T = TypeVar("T")
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -51,6 +54,13 @@ class SiteFinder:
         #: scratch space a method may use to share work between ``find_sites`` and the
         #: ``build`` calls of one plan (VeRA's shared projections); keys start with the method
         self.memo: dict[object, object] = {}
+
+    def memoized(self, key: object, build: Callable[[], T]) -> T:
+        """The value of ``key`` in :attr:`memo`: ``build()`` on first use in this plan, the same
+        value after (``key`` starts with the method's name and holds what the value depends on)."""
+        if key not in self.memo:
+            self.memo[key] = build()
+        return cast(T, self.memo[key])
 
     def module(self, path: str) -> nn.Module:
         return self.modules[path]

@@ -26,6 +26,7 @@ import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +109,7 @@ def _load_basis(path: str, finder: SiteFinder | None) -> tuple[dict[str, torch.T
     """(tensors, SHA-256 hex) of a basis file, from one read of its bytes; cached per plan."""
     key = ("eigenlora.basis", path)
     if finder is not None and key in finder.memo:
-        return finder.memo[key]  # type: ignore[return-value]
+        return cast("tuple[dict[str, torch.Tensor], str]", finder.memo[key])
     from safetensors import SafetensorError
     from safetensors.torch import load
 

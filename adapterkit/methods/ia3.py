@@ -112,10 +112,9 @@ class IA3Module(AdapterModule):
 
 
 def _feedforward_paths(config: IA3, finder: SiteFinder) -> set[str]:
-    key = ("ia3.feedforward", config.feedforward)
-    if key not in finder.memo:
-        finder.memo[key] = set(finder.paths(config.feedforward)) if config.feedforward else set()
-    return finder.memo[key]  # type: ignore[return-value]
+    def build() -> set[str]:
+        return set(finder.paths(config.feedforward)) if config.feedforward else set()
+    return finder.memoized(("ia3.feedforward", config.feedforward), build)
 
 
 def _find_sites(config: IA3, finder: SiteFinder) -> list[Site]:

@@ -192,12 +192,11 @@ def _find_sites(config: InvertibleAdapter, finder: SiteFinder) -> list[Site]:
 
 def _block(config: InvertibleAdapter, finder: SiteFinder) -> InvertibleModule:
     """The adapter's one coupling block, built on first use and shared by its sites."""
-    key = ("invertible.block", config)
-    if key not in finder.memo:
+    def build() -> InvertibleModule:
         emb = finder.module(_embedding(finder))
         assert isinstance(emb, nn.Embedding)  # _embedding finds an nn.Embedding
-        finder.memo[key] = InvertibleModule(emb.embedding_dim, config, emb.weight)
-    return finder.memo[key]  # type: ignore[return-value]
+        return InvertibleModule(emb.embedding_dim, config, emb.weight)
+    return finder.memoized(("invertible.block", config), build)
 
 
 def _build(config: InvertibleAdapter, site: Site, finder: SiteFinder) -> AdapterModule:

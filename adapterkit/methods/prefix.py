@@ -14,7 +14,7 @@ from torch import nn
 
 from ..core.base import MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder
-from ..core.typed import input_embeddings, text_config, weight_of
+from ..core.typed import input_embeddings, model_config, text_config, weight_of
 from ..errors import ConfigError
 from . import register
 from .inputs import (
@@ -67,7 +67,7 @@ def fill_cache(model: nn.Module, cache: Any, rows: torch.Tensor) -> Any:
     if cache is None:
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=model.config)
+        cache = DynamicCache(config=model_config(model))
     layers, kv_heads, head_dim = kv_shape(model)
     dtype = weight_of(input_embeddings(model)).dtype
     n, p = rows.shape[:2]

@@ -156,16 +156,15 @@ def _make(config: SparseAdapter, site: Site, finder: SiteFinder) -> SparseAdapte
 def _build(config: SparseAdapter, site: Site, finder: SiteFinder) -> SparseAdapterModule:
     """All of the adapter's modules are built at the first site, so that a global mask can rank
     every weight; later sites take theirs from the finder's memo."""
-    key = ("sparse_adapter.modules", config)
-    if key not in finder.memo:
+    def build() -> dict[str, SparseAdapterModule]:
         modules = {s.host: _make(config, s, finder) for s in _find_sites(config, finder)}
         pairs = [pw for m in modules.values() for pw in m.pruned()]
         masks = top_masks(_data_free_scores(config, [w for w, _ in pairs]), config.sparsity,
                           config.scope)
         for i, m in enumerate(modules.values()):
             m.set_masks(masks[2 * i: 2 * i + 2], zero_pruned=config.criterion != "snip")
-        finder.memo[key] = modules
-    return finder.memo[key][site.host]  # type: ignore[index]
+        return modules
+    return finder.memoized(("sparse_adapter.modules", config), build)[site.host]
 
 
 def _batch_loss(model: nn.Module, batch: Any) -> torch.Tensor:

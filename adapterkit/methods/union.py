@@ -12,7 +12,7 @@ Presets:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, features_of, is_linear_like
@@ -20,6 +20,7 @@ from ..core.typed import weight_of
 from ..errors import ConfigError, TargetError
 from . import register, spec_of
 from .bottleneck import Bottleneck
+from .inputs import InputAdapterModule
 from .lora import LoRA
 from .prefix import PrefixTuning, kv_shape
 from .union_modules import GatedModule, GatedPrefix, PrefixGate, UnionModule
@@ -122,10 +123,7 @@ def _plan_parts(config: MethodUnion, finder: SiteFinder) -> dict[str, list[_Part
 
 def _parts(config: MethodUnion, finder: SiteFinder) -> dict[str, list[_Part]]:
     """The union's modules by host, worked out once per plan."""
-    key = ("union.parts", config)
-    if key not in finder.memo:
-        finder.memo[key] = _plan_parts(config, finder)
-    return finder.memo[key]  # type: ignore[return-value]
+    return finder.memoized(("union.parts", config), lambda: _plan_parts(config, finder))
 
 
 def _label(config: MethodUnion, part: _Part) -> str:
@@ -155,14 +153,14 @@ def _find_sites(config: MethodUnion, finder: SiteFinder) -> list[Site]:
 
 def _gated_prefix(config: MethodUnion, index: int, finder: SiteFinder) -> GatedPrefix:
     """The one gated prefix module of a plan, shared by the prefix member's site and its gates."""
-    key = ("union.prefix", config)
-    if key not in finder.memo:
+    def build() -> GatedPrefix:
         member = config.members[index]
         site = next(p.site for parts in _parts(config, finder).values() for p in parts
                     if p.member == index and p.gate_layer is None)
-        inner = spec_of(member).build(member, site, finder)
-        finder.memo[key] = GatedPrefix(inner, kv_shape(finder.model)[0])  # type: ignore[arg-type]
-    return finder.memo[key]  # type: ignore[return-value]
+        # a prefix member's module is a prefix module, an InputAdapterModule
+        inner = cast(InputAdapterModule, spec_of(member).build(member, site, finder))
+        return GatedPrefix(inner, kv_shape(finder.model)[0])
+    return finder.memoized(("union.prefix", config), build)
 
 
 def _gate(module: AdapterModule, spec: MethodSpec, site: Site, finder: SiteFinder) -> GatedModule:

@@ -66,13 +66,12 @@ def projections(r: int, n_in: int, n_out: int, key: int) -> tuple[torch.Tensor, 
 def _shared(config: VeRA, finder: SiteFinder,
             like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The projections of one plan, drawn once and shared by its sites."""
-    key = ("vera.projections", config, like.device, like.dtype)
-    if key not in finder.memo:
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
         sizes = [features_of(finder.module(p)) for p in finder.paths(config.targets)]
         n_in, n_out = max(s[0] for s in sizes), max(s[1] for s in sizes)
         a, b = projections(config.r, n_in, n_out, config.projection_prng_key)
-        finder.memo[key] = (a.to(like.device, like.dtype), b.to(like.device, like.dtype))
-    return finder.memo[key]  # type: ignore[return-value]
+        return a.to(like.device, like.dtype), b.to(like.device, like.dtype)
+    return finder.memoized(("vera.projections", config, like.device, like.dtype), build)
 
 
 class VeRAModule(AdapterModule):
