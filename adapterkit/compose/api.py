@@ -6,16 +6,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 
-from .blocks import Child, Composition, CompositionError, Fuse, Route, as_composition, walk
+from .blocks import Block, Child, Composition, CompositionError, Fuse, Route, as_composition, walk
 from .compile import Plan
 from .parallel import split_parallel
 
 if TYPE_CHECKING:
     from ..core.records import AdapterRecord
+    from ..core.sites import SiteFinder
+    from ..kit import AdapterKit
     from .executor import Executor
 
 
@@ -25,6 +27,12 @@ class Compositions:
     _exec: Executor
     _records: dict[str, AdapterRecord]
     model: nn.Module
+
+    if TYPE_CHECKING:  # AdapterKit's own methods, which these call
+        def activate(self, name: str | Sequence[str] | Block | None,
+                     strategy: str | None = None) -> None: ...
+        def add(self, name: str, config: Any) -> None: ...
+        def finder(self) -> SiteFinder: ...
 
     @property
     def composition(self) -> Composition | None:
@@ -42,7 +50,7 @@ class Compositions:
         ``strategy`` forces a LoRA kernel: ``"dense"`` slots, ``"gather"``ed weights, the
         generic ``"loop"``, or ``"auto"`` (default: by K, tokens per row and rank)."""
         before = self._exec.state.plan
-        self.activate(Route(ids), strategy=strategy)  # type: ignore[attr-defined]
+        self.activate(Route(ids), strategy=strategy)
         try:
             yield
         finally:
@@ -55,7 +63,7 @@ class Compositions:
 
         if not isinstance(fuse, Fuse):
             raise CompositionError(f"add_fusion takes a Fuse block, got {fuse!r}")
-        self.add(fuse.name, Fusion(adapters=fuse.fused(), temperature=temperature))  # type: ignore[attr-defined]
+        self.add(fuse.name, Fusion(adapters=fuse.fused(), temperature=temperature))
         return fuse.name
 
     def train_fusion(self, setup: Composition, train_also: Sequence[str] = ()) -> list[nn.Parameter]:
@@ -68,7 +76,7 @@ class Compositions:
         for fuse in fuses:
             if fuse.name not in self._records:
                 self.add_fusion(fuse)
-        heads = tuple(self.finder().paths(tuple(train_also))) if train_also else ()  # type: ignore[attr-defined]
+        heads = tuple(self.finder().paths(tuple(train_also))) if train_also else ()
         for p in self.model.parameters():
             p.requires_grad_(False)
         params = [p for f in dict.fromkeys(fuses) for p in self._records[f.name].parameters()]
@@ -78,7 +86,7 @@ class Compositions:
             p.requires_grad_(True)
         for fuse in fuses:
             self._records[fuse.name].heads = heads
-        self.activate(comp)  # type: ignore[attr-defined]
+        self.activate(comp)
         return params
 
     def split_parallel(self, output: Any) -> list[Any]:
@@ -95,11 +103,11 @@ class Compositions:
         ``directory``: one subdirectory per adapter plus ``setup.json``."""
         from .setup import save_setup
 
-        save_setup(self, directory, names)  # type: ignore[arg-type]
+        save_setup(cast("AdapterKit", self), directory, names)
 
     def load_setup(self, directory: str | os.PathLike) -> Composition | None:
         """Load what :meth:`save_setup` wrote and activate its composition (returned). The model
         is unchanged if this raises."""
         from .setup import load_setup
 
-        return load_setup(self, directory)  # type: ignore[arg-type]
+        return load_setup(cast("AdapterKit", self), directory)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -69,11 +69,12 @@ class Tap:
 class AdapterModule(nn.Module):
     """Base of every adapter module; adapter parameters are found by this type."""
 
-    kind: ClassVar[MethodKind]
+    #: set by each class; a method union's module sets its own, from its parts
+    kind: MethodKind
     #: True when ``delta_weight``/``delta_bias`` read the base weight (IA3, DoRA): merging then
     #: keeps the exact deltas it added so that unmerging subtracts them, not a recomputation
     #: from the already merged weight
-    delta_reads_base: ClassVar[bool] = False
+    delta_reads_base: bool = False
 
     def __init__(self) -> None:
         super().__init__()

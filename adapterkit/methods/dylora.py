@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -129,7 +129,7 @@ def set_dylora_rank(kit: AdapterKit, name: str, rank: int | None) -> None:
         kit.unmerge(name)
     record.config = config
     for module in record.modules.values():
-        module.set_rank(config.eval_rank)  # type: ignore[operator]
+        cast(DyLoRAModule, module).set_rank(config.eval_rank)
     if merged:
         kit.merge(name)
 

@@ -29,8 +29,8 @@ class UnionModule(AdapterModule):
         super().__init__()
         self.parts = nn.ModuleList(parts)
         weight = all(p.kind is MethodKind.WEIGHT_DELTA for p in parts)
-        self.kind = MethodKind.WEIGHT_DELTA if weight else MethodKind.RESIDUAL  # type: ignore[misc]
-        self.delta_reads_base = any(p.delta_reads_base for p in parts)  # type: ignore[misc]
+        self.kind = MethodKind.WEIGHT_DELTA if weight else MethodKind.RESIDUAL
+        self.delta_reads_base = any(p.delta_reads_base for p in parts)
 
     def members(self) -> Sequence[AdapterModule]:
         """``parts``, typed as the adapter modules it holds."""
