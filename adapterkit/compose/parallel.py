@@ -11,10 +11,15 @@ import torch
 from ..methods.inputs import get_cache
 from .blocks import CompositionError
 
+#: keyword arguments that are not per example: ``cache_position`` (the new tokens' KV-cache
+#: indices, which transformers before 5.4 passes in generate()) is one vector for the batch
+NOT_PER_EXAMPLE = ("cache_position",)
+
 
 def batch_size(args: tuple, kwargs: dict) -> int | None:
     """Dim 0 of the first tensor argument (input_ids, inputs_embeds, pixel_values, ...)."""
-    for value in (*args, *kwargs.values()):
+    per_example = [v for k, v in kwargs.items() if k not in NOT_PER_EXAMPLE]
+    for value in (*args, *per_example):
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return int(value.shape[0])
     return None
@@ -35,7 +40,9 @@ class ParallelPreHook:
         n = state.replicas
         if n <= 1:
             return None
-        if get_cache(kwargs) is not None:
+        # generate() passes a cache, or cache_position before transformers 5.4 (whose first
+        # forward creates the cache itself)
+        if get_cache(kwargs) is not None or kwargs.get("cache_position") is not None:
             raise CompositionError(
                 "Parallel runs single forward passes; generate() and KV caches are not supported "
                 "(run one generate() per adapter, or use Route)")
@@ -48,7 +55,8 @@ class ParallelPreHook:
             if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == b:
                 return v.repeat(n, *([1] * (v.dim() - 1)))
             return v
-        return tuple(rep(a) for a in args), {k: rep(v) for k, v in kwargs.items()}
+        return tuple(rep(a) for a in args), {
+            k: v if k in NOT_PER_EXAMPLE else rep(v) for k, v in kwargs.items()}
 
 
 def split_parallel(output: Any, n: int, b: int) -> list[Any]:

@@ -150,6 +150,9 @@ class RoutedInputs:
         kwargs = _shift(kwargs, keep)
         pos = kwargs["position_ids"]
         kwargs["position_ids"] = torch.cat([head.to(pos.dtype), pos], 1)
+        cached = kwargs.get("cache_position")
+        if cached is not None:  # the prompt slots' cache indices come first
+            kwargs["cache_position"] = torch.cat([torch.arange(p, device=device).to(cached), cached])
         kwargs = pad_front(kwargs, p, s)
         if not self.causal:  # roll row i left by its masked slots: prompt, tokens, masked slots
             order = (torch.arange(p + s, device=device) + (~keep).sum(1, keepdim=True)) % (p + s)
@@ -176,11 +179,14 @@ def _kind_of(per_example: Sequence[InputAdapterModule | None], kind: MethodKind)
 
 def _shift(kwargs: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
     """``attention_mask`` gets the slots ``keep``: (N, P) in front; ``position_ids`` move on by
-    each row's own slot count."""
+    each row's own slot count, a given ``cache_position`` (the KV-cache indices transformers
+    before 5.4 reads) by all P slots."""
     mask = kwargs["attention_mask"]
     kwargs["attention_mask"] = torch.cat([keep.to(mask.dtype), mask], 1)
     pos = kwargs["position_ids"]
     kwargs["position_ids"] = pos + keep.sum(1, keepdim=True).to(pos.dtype)
+    if kwargs.get("cache_position") is not None:
+        kwargs["cache_position"] = kwargs["cache_position"] + keep.shape[1]
     return kwargs
 
 

@@ -18,12 +18,17 @@ import torch
 from torch import nn
 
 from ..core.base import AdapterModule, Site
+from ..core.requires import require
 from ..core.sites import SiteFinder, model_type_of
 from ..errors import AdapterError, TargetError
 
 #: layout families whose models take ``inputs_embeds`` and a ``past_key_values`` Cache the way
 #: the input-level methods use them (llama covers mistral, qwen2 and qwen3)
 FAMILIES = ("bert", "roberta", "xlm-roberta", "gpt2", "llama")
+#: the oldest transformers the input-level methods are tested on (make test-floor); older ones
+#: pass no Cache objects in some families (GPT-2 before 4.53, BERT before 4.56) and their task
+#: heads (BertForSequenceClassification, ...) take no KV cache to hand to the backbone
+MIN_TRANSFORMERS = "5.0"
 _SIGNATURES: dict[type, tuple[Any, ...]] = {}  # forward's parameters, per model class
 _POSITIONAL: dict[type, tuple[str, ...]] = {}  # names forward's positional arguments bind to
 
@@ -146,16 +151,29 @@ def check_mask(mask: Any) -> torch.Tensor:
 
 def grow(kwargs: dict[str, Any], n: int) -> dict[str, Any]:
     """``attention_mask`` gets ``n`` leading ones (the new tokens are attended) and
-    ``position_ids`` move ``n`` on, as PEFT does; other arguments are kept."""
+    ``position_ids`` and ``cache_position`` move ``n`` on, as PEFT does; other arguments are
+    kept. ``cache_position`` (the new tokens' indices in the KV cache), which transformers
+    before 5.4 builds its causal mask from and passes in ``generate()``, counts the caller's
+    tokens only: the ``n`` added positions come in front of it."""
     mask = kwargs.get("attention_mask")
     if mask is not None:
         mask = check_mask(mask)
         ones = mask.new_ones(mask.shape[0], n)
         kwargs["attention_mask"] = torch.cat([ones, mask], 1)
-    pos = kwargs.get("position_ids")
-    if pos is not None:
-        kwargs["position_ids"] = pos + n
+    for key in ("position_ids", "cache_position"):
+        pos = kwargs.get(key)
+        if pos is not None:
+            kwargs[key] = pos + n
     return kwargs
+
+
+def prepend_positions(kwargs: dict[str, Any], key: str, pos: Any, n: int) -> None:
+    """``kwargs[key]`` = ``[0..n-1, pos + n]`` along the last dim (``pos`` as the caller gave it,
+    or None to leave ``key`` out): the positions of ``n`` new inputs in front of ``pos``."""
+    if pos is None:
+        return
+    head = torch.arange(n, device=pos.device, dtype=pos.dtype).expand(*pos.shape[:-1], n)
+    kwargs[key] = torch.cat([head, pos + n], -1)
 
 
 def batch_of(kwargs: dict[str, Any]) -> int:
@@ -168,13 +186,15 @@ def batch_of(kwargs: dict[str, Any]) -> int:
 
 def input_site(finder: SiteFinder, method: str) -> Site:
     """The one site of an input-level method: the model's input embedding, after checking that
-    the model's family is supported."""
+    the model's family is supported and the installed transformers new enough."""
     family = finder.layout.family if finder.layout is not None else None
     if family not in FAMILIES:
         raise TargetError(
             f"{method} supports the layout families {list(FAMILIES)} (llama also covers mistral, "
             f"qwen2 and qwen3); this model is model_type={model_type_of(finder.model)!r}"
             + (f" (layout {family!r})" if family else " with no layout"))
+    require("transformers", MIN_TRANSFORMERS, method,
+            "prompt and prefix tuning hand transformers Cache objects to the model's forward")
     get = getattr(finder.model, "get_input_embeddings", None)
     embedding = get() if get is not None else None
     path = next((p for p, m in finder.modules.items() if m is embedding and p), None)

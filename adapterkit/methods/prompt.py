@@ -26,6 +26,7 @@ from .inputs import (
     incoming_cache,
     input_site,
     pad_front,
+    prepend_positions,
 )
 
 
@@ -92,11 +93,10 @@ class PromptModule(InputAdapterModule):
         s = embeds.shape[1]
         prompt = self.prompt.to(embeds.dtype)[None].expand(b, -1, -1)
         kwargs["inputs_embeds"] = torch.cat([prompt, embeds], 1)
-        pos = kwargs.pop("position_ids", None)
+        given = {key: kwargs.pop(key, None) for key in ("position_ids", "cache_position")}
         kwargs = grow(kwargs, n)
-        if pos is not None:
-            head = torch.arange(n, device=pos.device, dtype=pos.dtype).expand(*pos.shape[:-1], n)
-            kwargs["position_ids"] = torch.cat([head, pos + n], -1)
+        for key, pos in given.items():
+            prepend_positions(kwargs, key, pos, n)
         kwargs = pad_front(kwargs, n, s)
         return kwargs
 
