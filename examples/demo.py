@@ -3,6 +3,8 @@
 Trains, evaluates, saves, reloads into a fresh model (checking the predictions are identical),
 merges (checking again) and prints accuracy and timings. Run with ``make demo``.
 Environment: DEMO_STEPS (default 400), DEMO_OUT (default runs/demo), ADAPTERKIT_GLUE.
+SST-2 comes from ``$ADAPTERKIT_GLUE`` or ``../shared/data/glue`` when there is one, else from the
+slice shipped in the package (``adapterkit/train/glue_data/``); the first lines name the files.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ def main() -> int:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     task = get_task("sst2")
     train, dev = task.split("train"), task.split("dev")
-    print(f"SST-2: {len(train)} train / {len(dev)} dev; model: all-MiniLM-L6-v2 (packaged)")
+    kind = ("the slice of GLUE's train split shipped with adapterkit, "
+            f"see {task.directory.parent / 'README.md'}" if task.shipped
+            else "the full GLUE train split")
+    print(f"SST-2 train: {len(train):,} rows from {task.path('train')} ({kind})")
+    print(f"SST-2 dev: {len(dev):,} rows from {task.path('dev')}")
+    print("model: all-MiniLM-L6-v2 (packaged)")
 
     model, tok = load_classifier("minilm", num_labels=2, seed=0)
     kit = ak.AdapterKit(model)
