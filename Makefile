@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adapterkit-installed
 
-.PHONY: venv demo test test-peft-compat lint bench adapters-venv clean
+.PHONY: venv demo test test-peft-compat test-floor lint bench adapters-venv clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,7 @@ demo: $(STAMP)
 test: lint
 	$(PY) -m pytest
 	$(MAKE) test-peft-compat
+	$(MAKE) test-floor
 
 # PEFT (up to 0.21.2) predates transformers 5.24, which renamed the KV-cache argument: with
 # 5.24 PEFT's prompt and prefix tuning are no reference for some cases (tests/helpers.py,
@@ -33,6 +34,27 @@ COMPAT_DIR := .cache/compat-transformers
 test-peft-compat: $(STAMP)
 	test -d $(COMPAT_DIR) || $(PY) -m pip install -q --no-deps --target $(COMPAT_DIR) "$(COMPAT_TRANSFORMERS)"
 	PYTHONPATH=$(COMPAT_DIR) PEFT_REFERENCE_REQUIRED=1 $(PY) -m pytest tests/test_prompt_prefix.py tests/test_peft_prompt.py
+
+# The lowest versions pyproject.toml declares (transformers, safetensors, numpy, tqdm), installed
+# beside .venv without dependencies, with the huggingface_hub, tokenizers and httpx that this
+# transformers needs (the venv's are too new for it). The core invariant table runs there: every
+# method on every tiny model, prompt and prefix tuning, generate() on the decoders, compositions
+# and routing. A skipped case fails (tests/noskip.py).
+FLOOR_TRANSFORMERS ?= 5.0.0
+FLOOR_PACKAGES ?= transformers==$(FLOOR_TRANSFORMERS) safetensors==0.4.3 numpy==1.26.4 tqdm==4.60.0 \
+	huggingface_hub==1.3.7 tokenizers==0.22.1 httpx==0.28.1 httpcore==1.0.9
+FLOOR_DIR := .cache/floor-transformers-$(FLOOR_TRANSFORMERS)
+FLOOR_TESTS := tests/test_invariants.py tests/test_prompt_prefix.py tests/test_peft_prompt.py \
+	tests/test_route_inputs.py tests/test_route.py tests/test_composition.py \
+	tests/test_version_requirements.py
+test-floor: $(STAMP)
+	test -f $(FLOOR_DIR)/.installed || { rm -rf $(FLOOR_DIR) && \
+		$(PY) -m pip install -q --no-deps --target $(FLOOR_DIR) $(FLOOR_PACKAGES) && \
+		touch $(FLOOR_DIR)/.installed; }
+	PYTHONPATH=$(FLOOR_DIR) $(PY) -c "import numpy, safetensors, tqdm, transformers as t; \
+		assert t.__version__ == '$(FLOOR_TRANSFORMERS)', f'transformers {t.__version__} is not the floor'; \
+		print('floor:', *(f'{m.__name__} {m.__version__}' for m in (t, safetensors, numpy, tqdm)))"
+	PYTHONPATH=$(FLOOR_DIR) PEFT_REFERENCE_REQUIRED=1 $(PY) -m pytest -p tests.noskip $(FLOOR_TESTS)
 
 # ruff, the import layers of pyproject.toml (function-level imports count, TYPE_CHECKING ones do
 # not) and mypy over the package
@@ -53,4 +75,4 @@ adapters-venv:
 	$(ADAPTERS_VENV)/bin/pip install -q "adapters==1.3.0" safetensors
 
 clean:
-	rm -rf $(VENV) $(ADAPTERS_VENV) $(COMPAT_DIR) build *.egg-info
+	rm -rf $(VENV) $(ADAPTERS_VENV) $(COMPAT_DIR) .cache/floor-transformers-* build *.egg-info
