@@ -112,6 +112,8 @@ class AdapterCache:
         self.registered: dict[str, Registered] = {}
         self.resident: OrderedDict[str, Resident] = OrderedDict()  # engine thread only
         self.loading: dict[str, Future] = {}  # engine thread only
+        self.waiting_pins: dict[str, int] = {}  # pins of requests for adapters being loaded
+        self.failed: dict[str, str] = {}  # digest -> why its reload failed
         self.paths: dict[str, Path] = {}  # digest -> a directory holding it
         self.retired: set[str] = set()  # digests no name refers to: removed once unpinned
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-loader")
@@ -141,7 +143,8 @@ class AdapterCache:
         with self.lock:
             self.kit.attach(record)
         self.paths[digest] = loaded.path
-        res = Resident(digest, record.name, loaded.nbytes, record.spec.name, record.spec.kind)
+        res = Resident(digest, record.name, loaded.nbytes, record.spec.name, record.spec.kind,
+                       pins=self.waiting_pins.pop(digest, 0))
         self.resident[digest] = res
         self.on_event("load")
         self.evict()
@@ -175,36 +178,39 @@ class AdapterCache:
     def resident_bytes(self) -> int:
         return sum(r.nbytes for r in self.resident.values())
 
-    def acquire(self, digests: list[str], done: Callable[[], None]) -> bool:
-        """Pin ``digests`` for a request; start loading the cold ones (``done`` is called on the
-        engine thread when a load finishes). True when all are resident now."""
-        ready = True
+    def acquire(self, digests: list[str]) -> None:
+        """Pin ``digests`` for a request (an adapter still loading gets its pins when it
+        arrives) and start loading the cold ones."""
         for d in digests:
             res = self.resident.get(d)
             if res is not None:
                 res.pins += 1
                 self.resident.move_to_end(d)
                 continue
-            ready = False
+            self.waiting_pins[d] = self.waiting_pins.get(d, 0) + 1
             if d not in self.loading:
-                self._start_load(d, done)
-        return ready
+                self._start_load(d)
 
-    def _start_load(self, digest: str, done: Callable[[], None]) -> None:
+    def _start_load(self, digest: str) -> None:
         path = self.paths.get(digest)
-        future = self.pool.submit(self._load, path, None) if path is not None else None
-        if future is None:
-            raise AdapterError(f"no source known for adapter content {digest[:12]}")
+        if path is None:
+            self.failed[digest] = f"no source is known for adapter content {digest[:12]}"
+            return
+        self.failed.pop(digest, None)
+        future = self.pool.submit(self._load, path, None)
         self.loading[digest] = future
 
         def finished(f: Future) -> None:
             def on_engine() -> None:
                 self.loading.pop(digest, None)
-                if f.exception() is None:
-                    loaded = f.result()
-                    if loaded.record is not None and loaded.digest == digest:
-                        self._attach(loaded)
-                done()
+                error = f.exception()
+                if error is not None:
+                    self.failed[digest] = f"reloading {path} failed: {error}"
+                elif f.result().digest != digest:
+                    self.failed[digest] = (f"the files at {path} changed since the adapter was "
+                                           "registered; load it again under a name")
+                elif f.result().record is not None:
+                    self._attach(f.result())
             self.engine_call(on_engine)
 
         future.add_done_callback(finished)
@@ -216,20 +222,17 @@ class AdapterCache:
         """Why a cold adapter of ``digests`` could not be loaded again (its files changed or
         went away), or None."""
         for d in digests:
-            if d not in self.resident and d not in self.loading:
-                return f"adapter content {d[:12]} could not be loaded from {self.paths.get(d)}"
+            if d not in self.resident and d in self.failed:
+                return self.failed[d]
         return None
 
-    def pin_late(self, digests: list[str]) -> None:
-        """Pins for adapters that became resident after ``acquire``."""
-        for d in digests:
-            self.resident[d].pins += 1
-
-    def release(self, digests: list[str], pinned: bool) -> None:
+    def release(self, digests: list[str]) -> None:
         for d in digests:
             res = self.resident.get(d)
-            if res is not None and pinned:
+            if res is not None:
                 res.pins -= 1
+            elif self.waiting_pins.get(d, 0) > 0:
+                self.waiting_pins[d] -= 1
         self.evict()
 
     # -- front end -----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ class Engine:
         self.pending = 0  # submitted, not yet admitted (guarded by _lock)
         self._lock = threading.Lock()
         self._aborted: set[str] = set()
+        self._broken: list[Sequence] = []  # waiting sequences whose adapter failed to reload
         self._stop = False
         self.steps = 0
         self.thread = threading.Thread(target=self._loop, name="adapterkit-engine", daemon=True)
@@ -109,7 +110,8 @@ class Engine:
 
     def _enqueue(self, seqs: list[Sequence]) -> None:
         for seq in seqs:
-            seq.pinned = self.cache.acquire(seq.selection.digests, lambda: None)
+            self.cache.acquire(seq.selection.digests)
+            seq.pinned = True
             self.scheduler.add(seq)
 
     def _drain(self, block: bool) -> None:
@@ -144,12 +146,12 @@ class Engine:
                 self.running.clear()
 
     def _ready(self, seq: Sequence) -> bool:
-        if not self.cache.ready(seq.selection.digests):
-            return False
-        if not seq.pinned:
-            self.cache.pin_late(seq.selection.digests)
-            seq.pinned = True
-        return True
+        if self.cache.ready(seq.selection.digests):
+            return True
+        why = self.cache.load_failed(seq.selection.digests)
+        if why is not None:
+            self._broken.append(seq)
+        return False
 
     def _step(self) -> None:
         self._drop_aborted()
@@ -165,6 +167,12 @@ class Engine:
         if not self.decoder:
             return
         new = self.scheduler.admit(self.running, self._ready)
+        broken, self._broken = self._broken, []
+        self.scheduler.remove(broken)
+        for seq in broken:
+            self._leave_queue(seq)
+            why = self.cache.load_failed(seq.selection.digests) or "its adapter is gone"
+            self._fail(seq, ServeError(500, f"the request's adapter could not be loaded: {why}"))
         for seq in new:
             self._leave_queue(seq)
             seq.admitted = time.perf_counter()
@@ -295,7 +303,8 @@ class Engine:
             self._release(seq, seq.finished or "abort")
 
     def _release(self, seq: Sequence, reason: str) -> None:
-        self.cache.release(seq.selection.digests, seq.pinned)
+        if seq.pinned:
+            self.cache.release(seq.selection.digests)
         seq.pinned = False
         if self.metrics is not None and reason != "abort":
             self.metrics.finished(seq, reason)
