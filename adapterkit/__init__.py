@@ -10,6 +10,7 @@ Adapters are named, composable, mergeable and shareable objects attached to any
 """
 
 from .compose.blocks import Average, BatchSplit, CompositionError, Fuse, Parallel, Route, Split, Stack
+from .compose.routed_blocks import Arrow, Mixture
 from .core.layouts import LAYOUTS, ROLES, Layout
 from .core.version import __version__
 from .errors import (
@@ -31,12 +32,15 @@ from .methods.dylora import DyLoRA, set_dylora_rank
 from .methods.eigenlora import EigenLoRA
 from .methods.fusion import Fusion
 from .methods.hydra import Hydra
+from .methods.hyper import HyperAdapter
 from .methods.ia3 import IA3
 from .methods.invertible import InvertibleAdapter
 from .methods.lora import LoRA
 from .methods.pissa import pissa_as_lora
+from .methods.poly import Poly
 from .methods.prefix import PrefixTuning
 from .methods.prompt import PromptTuning
+from .methods.router import MixtureRouter
 from .methods.shira import SHiRA
 from .methods.sparse_adapter import SparseAdapter, snip_prune
 from .methods.union import MAM, MethodUnion, UniPELT
@@ -48,10 +52,10 @@ from .ops.subspace import SubspaceReport, principal_subspace
 
 __all__ = [
     "IA3", "LAYOUTS", "MAM", "ROLES", "AdapterBias", "AdapterError", "AdapterKit", "AdapterNameError",
-    "Average", "BatchSplit", "Bottleneck", "CombineError", "CombineReport", "Compacter",
+    "Arrow", "Average", "BatchSplit", "Bottleneck", "CombineError", "CombineReport", "Compacter",
     "CompositionError", "ConfigError", "DoRA", "DyLoRA", "EigenLoRA", "ExtractionReport", "Fuse",
-    "Fusion", "Hydra", "InvertibleAdapter", "Layout", "LoRA", "LoadError", "MethodUnion",
-    "NotMergeableError", "Parallel", "PrefixTuning",
+    "Fusion", "Hydra", "HyperAdapter", "InvertibleAdapter", "Layout", "LoRA", "LoadError", "MethodUnion",
+    "Mixture", "MixtureRouter", "NotMergeableError", "Parallel", "Poly", "PrefixTuning",
     "PromptTuning", "QuantizeReport", "Route", "SHiRA", "SparseAdapter", "Split", "Stack", "SubspaceReport",
     "TargetError", "UniPELT", "VeRA",
     "__version__", "extract_lora", "methods", "pissa_as_lora", "principal_subspace",

@@ -15,6 +15,7 @@ from .compose.api import Compositions
 from .compose.blocks import BASE, Block, CompositionError, as_composition
 from .compose.compile import compile_plan
 from .compose.executor import Executor
+from .compose.learned import Routing
 from .core.layouts import Layout, get_layout, layout_for
 from .core.merging import fold, tied_hosts, unfold
 from .core.records import AdapterRecord
@@ -30,10 +31,12 @@ _ATTR = "_adapterkit"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 
 
-class AdapterKit(Compositions):
+class AdapterKit(Compositions, Routing):
     """Adapters on one ``torch.nn.Module``. ``AdapterKit(model)`` twice gives the same kit.
     Composition methods (``route``, ``add_fusion``, ``train_fusion``, ``split_parallel``,
-    ``save_setup``, ``load_setup``) come from :class:`~adapterkit.compose.api.Compositions`."""
+    ``save_setup``, ``load_setup``) come from :class:`~adapterkit.compose.api.Compositions`;
+    ``add_router``, ``train_router``, ``aux_loss`` and ``tasks`` from
+    :class:`~adapterkit.compose.learned.Routing`."""
 
     # set once per model, in ``__new__``
     model: nn.Module
@@ -259,7 +262,10 @@ class AdapterKit(Compositions):
         """Load an adapter from ``source`` (a directory in the adapterkit, PEFT or AdapterHub
         format, or a URL such as ``hub://owner/name@rev``; ``options`` go to the URL's
         resolver); returns its name. The model is unchanged if this raises."""
-        return load_adapter(self, resolve(source, **options), name)
+        directory = resolve(source, **options)
+        loaded = load_adapter(self, directory, name)
+        self._load_prototypes(loaded, directory)  # Arrow prototypes stored beside it
+        return loaded
 
     # -- reporting ---------------------------------------------------------------------------
     def base_parameter_count(self) -> int:

@@ -139,4 +139,17 @@ METHOD_CASES: tuple[MethodCase, ...] = (
                families=TEXT, train_ratio=0.9),
     MethodCase("unipelt-gated", lambda f: ak.UniPELT(r=4, alpha=8, num_tokens=3, reduction=4),
                identity_at_init=False, families=TEXT, train_ratio=0.9),
+    # one task: no task ids needed (tests/test_poly_hyper.py covers several, and the sampled
+    # routing of training, whose noise would swamp this table's toy losses)
+    MethodCase("poly-mhr", lambda f: ak.Poly(
+        n_skills=3, n_splits=2, r=2, alpha=4, sample=False,
+        targets=MODELS[f].lora_targets or ("attn.q", "attn.v"))),
+    MethodCase("poly-one-skill-no-sample", lambda f: ak.Poly(
+        n_skills=1, r=4, alpha=8, sample=False,
+        targets=MODELS[f].lora_targets or ("attn.k", "ffn.out"))),
+    MethodCase("hyper-lora", lambda f: ak.HyperAdapter(
+        task_dim=8, hidden=16, r=2, targets=MODELS[f].lora_targets)),
+    MethodCase("hyper-bottleneck", lambda f: ak.HyperAdapter(
+        task_dim=8, hidden=16, adapter="bottleneck", reduction=4, placement="both",
+        targets=MODELS[f].bottleneck_targets)),
 )

@@ -30,6 +30,7 @@ from adapterkit.methods.configs import config_from_dict, config_to_dict
 BASE: dict[str, dict[str, Any]] = {
     "eigenlora": {"basis": "subspaces/qv.safetensors"},
     "fusion": {"adapters": ("a", "b")},
+    "mixture": {"experts": ("a", "b")},
     "union": {"members": (ak.LoRA(), ak.IA3())},
 }
 
@@ -41,7 +42,9 @@ EXAMPLES: dict[str, dict[str, tuple[Any, ...]]] = {
     "compacter": {"placement": ("attn", "both"), "non_linearity": ("relu", "tanh")},
     "eigenlora": {"basis": ("elsewhere/basis.safetensors",), "digest": ("0f" * 32,)},
     "fusion": {"adapters": (("x", "y", "z"),)},
+    "hyper": {"adapter": ("bottleneck",), "placement": ("attn", "both")},
     "invertible": {"coupling": ("glow",), "non_linearity": ("gelu", "tanh")},
+    "mixture": {"experts": (("x", "y", "z"),), "router": ("sequence",)},
     "lora": {"init": ("gaussian", "zeros", "pissa"),
              "rank_pattern": ((("q_proj", 2), (r".*\.v_proj", 4)),)},
     "prompt": {"init": ("vocab",)},

@@ -28,13 +28,15 @@ NAME = "name"  # the NESTING entry for an adapter name
 #: parent block -> the children it may hold ("name": an adapter name). Blocks that no parent
 #: lists (Parallel, Route) are legal only at the top level.
 NESTING: dict[str, tuple[str, ...]] = {
-    "Stack": (NAME, "Fuse", "Split", "BatchSplit", "Average"),
+    "Stack": (NAME, "Fuse", "Split", "BatchSplit", "Average", "Mixture", "Arrow"),
     "Fuse": (NAME, "Stack"),
-    "Split": (NAME, "Stack", "Fuse", "Split", "BatchSplit", "Average"),
-    "BatchSplit": (NAME, "Stack", "Fuse", "Split", "BatchSplit", "Average"),
-    "Average": (NAME, "Stack", "Fuse", "Split", "BatchSplit"),
-    "Parallel": (NAME, "Stack", "Fuse", "Split", "BatchSplit", "Average"),
-    "Route": (NAME, BASE, "Stack", "Fuse", "Split", "Average"),
+    "Split": (NAME, "Stack", "Fuse", "Split", "BatchSplit", "Average", "Mixture", "Arrow"),
+    "BatchSplit": (NAME, "Stack", "Fuse", "Split", "BatchSplit", "Average", "Mixture", "Arrow"),
+    "Average": (NAME, "Stack", "Fuse", "Split", "BatchSplit", "Mixture", "Arrow"),
+    "Parallel": (NAME, "Stack", "Fuse", "Split", "BatchSplit", "Average", "Mixture", "Arrow"),
+    "Route": (NAME, BASE, "Stack", "Fuse", "Split", "Average", "Mixture", "Arrow"),
+    "Mixture": (NAME,),
+    "Arrow": (NAME,),
 }
 
 #: block -> (weight-delta adapters, residual adapters, any child) semantics at one host with
@@ -70,6 +72,18 @@ SEMANTICS: dict[str, tuple[str, str, str]] = {
     "Route": (
         "example b runs `ids[b]` (`__base__`: no adapter)",
         "the same", "top level only; batched kernels per method (see Routing)",
+    ),
+    "Mixture": (
+        "`h + sum_i g_i(x) delta_i(x)`, one batched kernel over stacked LoRA experts",
+        "`h + sum_i g_i(x) delta_i(h, x)`, every delta on the same `h`",
+        "`g = softmax(W x + b)` per token (or per sequence), top-k renormalised; "
+        "the router `name` trains (`kit.train_router`)",
+    ),
+    "Arrow": (
+        "`h + sum_i g_i(x) delta_i(x)`, `g = softmax(topk_i abs(<x, v_i>) / T)`, "
+        "`v_i` the top right singular vector of expert i's `B A` at this host",
+        "not accepted (prototypes need a weight delta)",
+        "per token, no training and no task ids",
     ),
 }
 
@@ -162,7 +176,7 @@ def _leaves(node: Child) -> Iterator[str]:
         if node != BASE:
             yield node
         return
-    if isinstance(node, Fuse):
+    if isinstance(node, (Fuse, Mixture)):
         yield node.name
     for child in node.children:
         yield from _leaves(child)
@@ -323,3 +337,9 @@ def from_json(data: Any) -> Composition | None:
         return BLOCKS[data["block"]](*children, **opts)
     except TypeError as exc:
         raise CompositionError(f"bad options for {data['block']}: {exc}") from None
+
+
+# the blocks that choose their adapters subclass Block, so they are defined after it
+from .routed_blocks import Arrow, Mixture  # noqa: E402
+
+BLOCKS.update({"Mixture": Mixture, "Arrow": Arrow})

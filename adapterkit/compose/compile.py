@@ -26,6 +26,8 @@ from .blocks import (
 from .nodes import AverageNode, BatchSplitNode, FuseNode, Identity, Leaf, Node, SplitNode, StackNode
 from .route import RouteNode
 from .route_inputs import route_inputs
+from .routed_blocks import Arrow, Mixture
+from .routed_compile import build_routed, check_routed, routed_inputs
 
 if TYPE_CHECKING:
     from ..kit import AdapterKit
@@ -121,13 +123,14 @@ def compile_plan(kit: AdapterKit, comp: Composition | None, strategy: str | None
         return Plan(None, None, ())
     names = comp.leaves() if isinstance(comp, Block) else (comp,)
     _check_names(kit, comp)  # unknown names raise here
+    check_routed(kit, comp)
     for node in walk(comp):
         if isinstance(node, Route):
             _check_routable(kit, node)
     replicas = len(comp.children) if isinstance(comp, Parallel) else 1
     plan = Plan(comp, None, names, replicas)
     _check_unmerged(kit, plan)
-    inputs = _input_modules(kit, plan)
+    inputs = _input_modules(kit, plan) + routed_inputs(kit, comp)
     root = _build(kit, comp, strategy)
     return Plan(comp, None if isinstance(root, Identity) else root, names, replicas, inputs)
 
@@ -154,8 +157,8 @@ def _build(kit: AdapterKit, comp: Composition, strategy: str | None) -> Node:
         return BatchSplitNode(kids, comp.batch_sizes, "BatchSplit")
     if isinstance(comp, Parallel):
         return BatchSplitNode(kids, (1,) * len(kids), "Parallel")
-    if isinstance(comp, Route):
-        return _build_route(kit, comp, strategy)
+    if isinstance(comp, (Route, Mixture, Arrow)):  # blocks that choose adapters per row or token
+        return _build_route(kit, comp, strategy) if isinstance(comp, Route) else build_routed(kit, comp)
     raise CompositionError(f"unknown block {comp!r}")
 
 

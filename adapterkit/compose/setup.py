@@ -30,8 +30,8 @@ def save_setup(kit: AdapterKit, directory: str | os.PathLike,
     chosen = list(names) if names is not None else kit.names
     for name in chosen:
         kit.record(name)
-    # fusion layers load after the adapters they fuse
-    chosen.sort(key=lambda n: kit.record(n).spec.kind is MethodKind.FUSION)
+    # fusion layers and Mixture routers load after the adapters they fuse or route
+    chosen.sort(key=lambda n: kit.record(n).spec.kind in (MethodKind.FUSION, MethodKind.ROUTER))
     out.mkdir(parents=True, exist_ok=True)
     for name in chosen:
         kit.save(name, out / name)

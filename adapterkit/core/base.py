@@ -33,6 +33,7 @@ class MethodKind(str, enum.Enum):
     PREFIX = "prefix"  # key/value prefixes at attention
     PROMPT = "prompt"  # soft tokens at the input
     FUSION = "fusion"  # AdapterFusion layer: runs only inside a Fuse composition block
+    ROUTER = "router"  # a Mixture's gates: run only inside a Mixture composition block
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ _REGISTRY: dict[str, MethodSpec] = {}
 _BY_CLASS: dict[type, str] = {}
 _BUILTIN = ("lora", "bottleneck", "ia3", "dora", "vera", "fusion", "eigenlora", "prompt", "prefix",
             "adapterbias", "compacter", "dylora", "invertible", "hydra",
-            "shira", "sparse_adapter", "union")
+            "shira", "sparse_adapter", "union", "router", "poly", "hyper")
 
 
 def register(spec: MethodSpec) -> MethodSpec:
