@@ -71,6 +71,7 @@ class Resident:
     method: str
     kind: MethodKind
     pins: int = 0
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # trained heads' tensors
 
 
 class _Planning:
@@ -96,6 +97,7 @@ class Loaded:
     digest: str
     path: Path
     nbytes: int
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class AdapterCache:
@@ -126,12 +128,15 @@ class AdapterCache:
             if kit_name(digest) in self.kit.names:
                 return Loaded(None, digest, path, 0)
             load_adapter(planning, path, kit_name(digest))  # type: ignore[arg-type]
-        record = planning.record
+            record = planning.record
+            heads = {h: {k: t.detach().clone() for k, t in
+                         self.kit.model.get_submodule(h).state_dict().items()}
+                     for h in record.heads}
         if not record.spec.routable:
             raise LoadError(f"{path}: the method {record.spec.name!r} cannot run per row "
                             "(not routable), so it cannot be served with other adapters")
         nbytes = sum(p.numel() * p.element_size() for p in record.parameters())
-        return Loaded(record, digest, path, nbytes)
+        return Loaded(record, digest, path, nbytes, heads)
 
     # -- engine thread -------------------------------------------------------------------------
     def _attach(self, loaded: Loaded) -> Resident:
@@ -144,7 +149,7 @@ class AdapterCache:
             self.kit.attach(record)
         self.paths[digest] = loaded.path
         res = Resident(digest, record.name, loaded.nbytes, record.spec.name, record.spec.kind,
-                       pins=self.waiting_pins.pop(digest, 0))
+                       pins=self.waiting_pins.pop(digest, 0), heads=loaded.heads)
         self.resident[digest] = res
         self.on_event("load")
         self.evict()

@@ -67,7 +67,6 @@ class Engine:
             names = {p.name for p in inspect.signature(model.forward).parameters.values()}
             self.cache_arg = "cache" if "cache" in names else "past_key_values"
         self.eos = _eos_ids(model, tokenizer)
-        self.encode_jobs: list[tuple[Callable[[], Any], Future]] = []
 
     # -- any thread ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -133,7 +132,7 @@ class Engine:
     def _loop(self) -> None:
         while not self._stop:
             try:
-                self._drain(block=not (self.running or self.scheduler.waiting or self.encode_jobs))
+                self._drain(block=not (self.running or self.scheduler.waiting))
                 if self._stop:
                     break
                 self._step()
@@ -160,10 +159,6 @@ class Engine:
             self._fail(seq, ServeError(503, f"the request waited more than "
                                        f"{self.config.queue_timeout:g} s for a slot "
                                        "(--queue-timeout)"))
-        if self.encode_jobs:
-            jobs, self.encode_jobs = self.encode_jobs, []
-            for fn, future in jobs:
-                _run(fn, future)
         if not self.decoder:
             return
         new = self.scheduler.admit(self.running, self._ready)
@@ -205,6 +200,15 @@ class Engine:
         self._finish_rows()
 
     # -- forwards -----------------------------------------------------------------------------
+    def forward(self, entries: list, module: Any = None, **kwargs: Any) -> Any:
+        """``module`` (default: the model) run with row i under ``entries[i]``."""
+        with torch.inference_mode():
+            if all(e == BASE for e in entries):
+                self.kit.activate(None)
+                return (module or self.model)(**kwargs)
+            with self.kit.route(entries):
+                return (module or self.model)(**kwargs)
+
     def _forward(self, entries: list, **kwargs: Any) -> Any:
         with torch.inference_mode():
             if all(e == BASE for e in entries):

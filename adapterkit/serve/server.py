@@ -74,6 +74,9 @@ def create_state(opts: Options) -> State:
     metrics.engine = engine
     engine.start()
     state = State(engine, tokenizer, model_id, root, max_len, metrics, opts.runtime_lora)
+    if not engine.decoder and hasattr(model, "classifier"):  # before adapters bring their heads
+        state.heads["classifier"] = {k: t.detach().clone()
+                                     for k, t in model.classifier.state_dict().items()}
     try:
         for name, source in opts.adapters:
             if name in state.base_ids:
