@@ -267,6 +267,17 @@ class AdapterKit(Compositions, Routing):
         self._load_prototypes(loaded, directory)  # Arrow prototypes stored beside it
         return loaded
 
+    def push(self, name: str, repo: str, token: str | None = None, endpoint: str | None = None,
+             private: bool = False, format: str = "adapterkit", **options: Any) -> str:
+        """Push adapter ``name`` to the hub repo ``owner/name`` (created when missing, ``private``
+        if asked) in the adapterkit or PEFT ``format``; returns the commit id. ``endpoint``
+        defaults to ``$ADAPTERKIT_HUB``; ``options``: ``branch``, ``message``, ``cache_dir``. See
+        ``adapterkit.io.hub.push.push_adapter``."""
+        from .io.hub.push import push_adapter
+
+        return push_adapter(self, name, repo, token=token, endpoint=endpoint, private=private,
+                            format=format, **options)
+
     # -- reporting ---------------------------------------------------------------------------
     def base_parameter_count(self) -> int:
         adapter = {id(p) for p in self.parameters()}

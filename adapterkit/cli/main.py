@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve import add_commands as add_serve
 
     add_serve(sub)  # serve
+    from .hub import add_commands as add_hub_commands
+
+    add_hub_commands(sub)  # hub serve|token|member|audit|purge|verify, push, pull, login
     return p
 
 

@@ -22,6 +22,7 @@ from ..core.sites import model_type_of
 from ..core.version import __version__
 from ..errors import AdapterError, AdapterNameError, ConfigError, LoadError
 from ..methods.configs import config_from_dict, config_to_dict
+from .base_check import base_problems, host_shapes
 
 if TYPE_CHECKING:
     from ..core.records import AdapterRecord
@@ -75,6 +76,7 @@ def save_record(kit: AdapterKit, record: AdapterRecord, directory: str | os.Path
             "model_type": model_type_of(kit.model),
             "layout": kit.layout.family if kit.layout else None,
             "fingerprint": fingerprint(kit, [s.host for s in record.sites]),
+            "shapes": host_shapes(kit, [s.host for s in record.sites]),
             "sites": [[s.host, s.input] for s in record.sites],
         },
         "heads": list(record.heads),
@@ -166,6 +168,9 @@ def load_adapter(kit: AdapterKit, directory: str | os.PathLike, name: str | None
         tensors = dequantize_checkpoint(meta, tensors, str(d / WEIGHTS_FILE))
     refuse_non_finite(tensors, d / WEIGHTS_FILE)
     record = _plan_from_meta(kit, meta, name, d)
+    base = base_problems(kit, meta)  # before anything is attached
+    if base:
+        raise LoadError(f"{d} was saved from another base model:\n  " + "\n  ".join(base))
     problems = _mismatches(adapter_tensors(kit, record), tensors)
     if problems:
         raise _misfit(d, problems, meta, model_type_of(kit.model))

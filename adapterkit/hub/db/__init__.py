@@ -1,0 +1,1 @@
+"""The hub's database: SQLAlchemy 2 models, the engine, and alembic migrations."""

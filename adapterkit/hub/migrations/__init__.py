@@ -1,0 +1,1 @@
+"""Alembic migrations of the hub's database (run by :func:`adapterkit.hub.db.engine.migrate`)."""

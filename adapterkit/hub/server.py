@@ -1,0 +1,58 @@
+"""Running the hub: on uvicorn in the foreground (``adapterkit hub serve``) or in a background
+thread of the current process (:class:`ServerThread`, for tests and benchmarks)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+from .app import create_app
+from .settings import Hub, HubSettings
+
+
+def serve(settings: HubSettings, host: str = "127.0.0.1", port: int = 8500, log_level: str = "info") -> None:
+    import uvicorn
+
+    hub = Hub(settings)
+    try:
+        uvicorn.run(create_app(hub), host=host, port=port, log_level=log_level, access_log=False,
+                    timeout_keep_alive=30)
+    finally:
+        hub.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """A hub on ``127.0.0.1`` and a free port, served by uvicorn in a daemon thread."""
+
+    def __init__(self, root: str | Path, db_url: str | None = None, **options: object) -> None:
+        import uvicorn
+
+        self.hub = Hub.open(root, db_url, **options)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(self.hub), host="127.0.0.1", port=self.port, log_level="warning",
+                                access_log=False, timeout_keep_alive=30)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the hub did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.hub.close()

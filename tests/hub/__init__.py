@@ -1,0 +1,1 @@
+"""Tests of the adapterkit hub (server, client, stock Hugging Face clients)."""
