@@ -23,6 +23,7 @@ demo: $(STAMP)
 test: lint
 	$(PY) -m pytest
 	$(MAKE) test-peft-compat
+	$(MAKE) test-hub-compat
 	$(MAKE) test-floor
 
 # PEFT (up to 0.21.2) predates transformers 5.24, which renamed the KV-cache argument: with
@@ -55,6 +56,20 @@ test-floor: $(STAMP)
 		assert t.__version__ == '$(FLOOR_TRANSFORMERS)', f'transformers {t.__version__} is not the floor'; \
 		print('floor:', *(f'{m.__name__} {m.__version__}' for m in (t, safetensors, numpy, tqdm)))"
 	PYTHONPATH=$(FLOOR_DIR) PEFT_REFERENCE_REQUIRED=1 $(PY) -m pytest -p tests.noskip $(FLOOR_TESTS)
+
+# The hub's client tests again on huggingface_hub 0.36 (the major before the venv's), installed
+# beside .venv without dependencies, with the transformers 4.57 and tokenizers 0.22 that PEFT
+# needs on that huggingface_hub (transformers 5 requires huggingface_hub 1 or later).
+HUB_COMPAT_PACKAGES ?= huggingface_hub==0.36.2 transformers==4.57.6 tokenizers==0.22.2
+HUB_COMPAT_DIR := .cache/hub-compat
+HUB_CLIENT_TESTS := tests/hub/test_hf_clients.py tests/hub/test_bad_input.py tests/hub/test_access.py \
+	tests/hub/test_deletion.py tests/hub/test_upload.py
+.PHONY: test-hub-compat
+test-hub-compat: $(STAMP)
+	test -f $(HUB_COMPAT_DIR)/.installed || { rm -rf $(HUB_COMPAT_DIR) && \
+		$(PY) -m pip install -q --no-deps --target $(HUB_COMPAT_DIR) $(HUB_COMPAT_PACKAGES) && \
+		touch $(HUB_COMPAT_DIR)/.installed; }
+	PYTHONPATH=$(HUB_COMPAT_DIR) HUB_CLIENT_EXPECT=0.36 $(PY) -m pytest $(HUB_CLIENT_TESTS)
 
 # ruff, the import layers of pyproject.toml (function-level imports count, TYPE_CHECKING ones do
 # not) and mypy over the package

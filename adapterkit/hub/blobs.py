@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,20 +85,11 @@ class BlobStore:
             staged.path.unlink(missing_ok=True)
             raise BadContent("upload refused: " + "; ".join(problems))
 
-    def install(self, staged: Staged, keep: bool = False) -> Path:
-        """Put a checked staged file in place (the caller holds :meth:`writing`); with ``keep``
-        the staged file stays (a commit that may be retried installs it again)."""
+    def install(self, staged: Staged) -> Path:
+        """Move a checked staged file into place (the caller holds :meth:`writing`)."""
         dest = self.path(staged.sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if keep:
-            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{id(staged)}")
-            try:
-                os.link(staged.path, tmp)
-            except OSError:
-                shutil.copyfile(staged.path, tmp)
-            os.replace(tmp, dest)
-        else:
-            os.replace(staged.path, dest)  # atomic: readers see the old file or the new one
+        os.replace(staged.path, dest)  # atomic: readers see the old file or the new one
         return dest
 
     def remove(self, sha256: str) -> bool:

@@ -84,13 +84,20 @@ def read_ticket(hub: Hub, text: str) -> Ticket:
 
 
 # -- storing blobs ---------------------------------------------------------------------------
-def register(session: Session, staged: Staged, payload: str | None, repo_id: int | None) -> None:
-    """The blob row (once) and, for an upload not yet committed, an upload row that protects it."""
-    if session.get(Blob, staged.sha256) is None:
-        session.add(Blob(sha256=staged.sha256, size=staged.size, payload_sha256=payload, created_at=now()))
-        session.flush()
-    if repo_id is not None:
-        session.add(Upload(repo_id=repo_id, blob=staged.sha256, created_at=now()))
+def register(session: Session, staged: Staged, payload: str | None, repo_id: int) -> None:
+    """The blob row (once, even when several processes store the same bytes at the same time)
+    and an upload row that protects the blob until a commit of ``repo_id`` uses it."""
+    values = {"sha256": staged.sha256, "size": staged.size, "payload_sha256": payload, "created_at": now()}
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        session.execute(pg_insert(Blob).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        session.execute(sqlite_insert(Blob).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
+    session.add(Upload(repo_id=repo_id, blob=staged.sha256, created_at=now()))
 
 
 def protect(session: Session, repo_id: int, sha256: str) -> None:

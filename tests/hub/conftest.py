@@ -75,6 +75,7 @@ def _hf_endpoint(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         url = request.getfixturevalue("hub").url
         template = url + "/{repo_id}/resolve/{revision}/{filename}"
         monkeypatch.setattr(constants, "ENDPOINT", url)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # as HF_HUB_DISABLE_XET=1 does
         for module in (constants, file_download):  # 0.36 copies the template into file_download
             if hasattr(module, "HUGGINGFACE_CO_URL_TEMPLATE"):
                 monkeypatch.setattr(module, "HUGGINGFACE_CO_URL_TEMPLATE", template)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -115,9 +116,19 @@ class Preupload(Loose):
     files: list[PreFile] = Field(max_length=10000)
 
 
+XET_HINT = ("xet; this hub takes uploads over LFS, not Xet: with huggingface_hub 1.20 or later and "
+            "hf_xet installed, set HF_HUB_DISABLE_XET=1 (or the upload fails at xet-write-token)")
+
+
+def _xet_client(user_agent: str) -> bool:
+    """Whether the User-Agent names a huggingface_hub that uploads over Xet when it can (>= 1.20)."""
+    m = re.search(r"hf_hub/(\d+)\.(\d+)", user_agent)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (1, 20)  # type: ignore[union-attr]
+
+
 @router.post("/api/models/{owner}/{name}/preupload/{revision}", tags=["upload"])
-def preupload(owner: str, name: str, revision: str, body: Preupload, hub: HubDep,
-              caller: CallerDep) -> dict[str, Any]:
+def preupload(owner: str, name: str, revision: str, body: Preupload, request: Request, hub: HubDep,
+              caller: CallerDep) -> JSONResponse:
     """The upload mode of each file (``regular`` or ``lfs``) and the oid it has now, if any.
     Pickle files, bad paths and oversized files are refused here, before any bytes are sent."""
     with hub.db.read() as s:
@@ -134,7 +145,9 @@ def preupload(owner: str, name: str, revision: str, body: Preupload, hub: HubDep
         have = current.get(f.path)
         oid = None if have is None else (have.blob if mode == "lfs" else have.git_oid)
         out.append({"path": f.path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
-    return {"files": out, "commitOid": None}
+    lfs = any(f["uploadMode"] == "lfs" for f in out)
+    hint = {"X-HF-Warning": XET_HINT} if lfs and _xet_client(request.headers.get("user-agent", "")) else {}
+    return JSONResponse({"files": out, "commitOid": None}, headers=hint)
 
 
 class LfsObject(Loose):
@@ -240,19 +253,21 @@ def lfs_verify(ticket_text: str, body: LfsObject, hub: HubDep) -> dict[str, Any]
 def _commit(hub: Hub, repo_id: str, branch: str, body: bytes, who: Caller, where: str | None) -> str:
     parsed = parse_commit(hub, body)
     try:
+        with hub.store.writing(), hub.db.write() as s:  # small files become pending uploads first
+            repo = get_repo(s, repo_id, who, need="write")
+            for staged, payload in parsed.regular:
+                hub.store.install(staged)
+                register(s, staged, payload, repo.id)
+        used = [o for o, _ in parsed.lfs] + [staged.sha256 for staged, _ in parsed.regular]
         for _ in range(20):
             try:
                 with hub.store.writing(), hub.db.write() as s:
                     repo = get_repo(s, repo_id, who, need="write")
-                    for staged, payload in parsed.regular:
-                        hub.store.install(staged, keep=True)
-                        register(s, staged, payload, None)
                     resolve_lfs(s, parsed)
                     commit = make_commit(s, repo, branch, parsed.ops, author=who.name,
                                          message=parsed.summary, description=parsed.description,
                                          parent=parsed.parent, describe=describer(hub, s))
-                    s.execute(delete(Upload).where(Upload.repo_id == repo.id,
-                                                   Upload.blob.in_([o for o, _ in parsed.lfs])))
+                    s.execute(delete(Upload).where(Upload.repo_id == repo.id, Upload.blob.in_(used)))
                     audit.record(s, who.name, "push", repo_id, revision=branch, detail=commit.id,
                                  path=",".join(op.path for op in parsed.ops)[:1024], remote=where)
                     return commit.id
