@@ -6,7 +6,8 @@ interleaved in one run, medians.
 - ``decode``: a small llama (hidden 256, 4 layers, vocab 4096), one-token decode steps at batch
   32 with a KV cache of 16 tokens (cropped back after every step).
 
-Writes bench/results/mixtures.json and mixtures.md. BENCH_ROUNDS (default 10) sets the rounds,
+Writes bench/results/mixtures.json and mixtures.md, and the table into docs/composition.md
+(``MIX_DOC``). BENCH_ROUNDS (default 10) sets the rounds,
 BENCH_THREADS the threads. Goal: both ratios <= 1.5.
 """
 
@@ -27,6 +28,7 @@ import adapterkit as ak
 
 EXPERTS, BATCH, TOP_K = 8, 32, 2
 NAMES = tuple(f"e{i}" for i in range(EXPERTS))
+BEGIN, END = "<!-- mixtures:begin -->", "<!-- mixtures:end -->"
 
 
 def _setup(model: torch.nn.Module, targets: tuple[str, ...]) -> tuple[ak.AdapterKit, ak.Mixture,
@@ -119,6 +121,14 @@ def main() -> int:
     print(md)
     write("mixtures", {"rounds": rounds, "threads": threads, "median_seconds": results})
     Path(__file__).resolve().parent.joinpath("results", "mixtures.md").write_text(md + "\n")
+    doc = Path(os.environ.get("MIX_DOC", Path(__file__).resolve().parents[1] / "docs"
+                              / "composition.md"))
+    load = os.getloadavg()[0]
+    note = (f"`BENCH_THREADS={threads} BENCH_ROUNDS={rounds} python bench/mixtures.py`, torch "
+            f"{torch.__version__}, load average {load:.1f} at the end of the run. Goal: both "
+            "ratios <= 1.5.")
+    start, rest = doc.read_text().split(BEGIN, 1)
+    doc.write_text(f"{start}{BEGIN}\n{note}\n\n{md}\n{END}{rest.split(END, 1)[1]}")
     return 0
 
 
