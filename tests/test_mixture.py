@@ -363,3 +363,29 @@ def test_bad_compositions_are_refused_at_activate() -> None:
         kit.activate(ak.Mixture("a", "b", top_k=1))
         kit.remove("a")
     assert math.isfinite(float(run(model, "bert", inputs_for("bert")).sum()))
+
+
+def test_router_over_experts_loaded_from_peft_checkpoints(tmp_path) -> None:
+    model, kit = _kit(experts=("a", "b"))
+    for name in ("a", "b"):
+        kit.save(name, tmp_path / name, format="peft")
+    fresh = build("bert")
+    kit2 = ak.AdapterKit(fresh)
+    for name in ("a", "b"):
+        assert kit2.load(tmp_path / name, name=name) == name
+    mix = ak.Mixture("a", "b", top_k=1)
+    params = kit2.train_router(mix)
+    assert {id(p) for p in params} == {id(p) for p in kit2.parameters(mix.name)}
+    kit.add_router(mix)
+    with torch.no_grad():
+        for host, mod in kit.record(mix.name).modules.items():
+            mod.gate.load_state_dict(kit2.record(mix.name).modules[host].gate.state_dict())
+    kit.activate(mix)
+    fresh.eval()
+    x = inputs_for("bert")
+    torch.testing.assert_close(run(fresh, "bert", x), run(model, "bert", x), atol=1e-6, rtol=0)
+
+
+def test_a_router_is_no_union_member() -> None:
+    with pytest.raises(ak.ConfigError, match="mixture layer runs only inside its composition"):
+        ak.MethodUnion((ak.LoRA(), ak.MixtureRouter(experts=("a", "b"))))

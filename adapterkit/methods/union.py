@@ -76,8 +76,9 @@ def _member_spec(member: Any) -> MethodSpec:
     except ConfigError:
         raise ConfigError("MethodUnion.members must be method configs such as LoRA(...) or "
                           f"Bottleneck(...); got {member!r}") from None
-    if spec.kind is MethodKind.FUSION:
-        raise ConfigError("a fusion layer runs only inside a Fuse block: it cannot be a union member")
+    if spec.kind in (MethodKind.FUSION, MethodKind.ROUTER):
+        raise ConfigError(f"a {spec.name} layer runs only inside its composition block (Fuse or "
+                          "Mixture): it cannot be a union member")
     return spec
 
 
