@@ -192,6 +192,11 @@ def _record(runs: list, server: str, case: str, arrival: str, reqs: list[Req], *
 
 
 SERVER_URL: dict[str, str] = {}
+#: requests per (concurrency, case) where it is not the concurrency itself: sized for two shared
+#: CPU cores (a c=32 case of 32 requests is one full batch)
+COUNTS = {(1, "base"): n(2), (1, "one adapter"): n(2), (1, "K=32"): n(2), (8, "base"): n(8),
+          (8, "one adapter"): n(8), (8, "K=32"): n(8), (32, "base"): n(32),
+          (32, "one adapter"): n(32), (32, "K=8"): n(16), (32, "K=32"): n(32), (32, "mix"): n(16)}
 
 
 def _continuous_runs(info: dict, runs: list) -> None:
@@ -199,17 +204,17 @@ def _continuous_runs(info: dict, runs: list) -> None:
     mix = lora[:4] + info["names"]["ia3"] + info["names"]["bottleneck"]
     cases = {"base": ["smollm2"], "one adapter": lora[:1], "K=8": lora[:8], "K=32": lora[:32],
              "mix": mix}
-    for c, count, names in ((1, n(3), ("base", "one adapter", "K=32")),
-                            (8, n(8), ("base", "one adapter", "K=32")),
-                            (32, n(32), tuple(cases))):
+    for c, names in ((1, ("base", "one adapter", "K=32")), (8, ("base", "one adapter", "K=32")),
+                     (32, tuple(cases))):
         for case in names:
+            count = COUNTS.get((c, case), c)
             _record(runs, "continuous", case, f"c={c}", requests(info, cases[case], count, c),
                     concurrency=c)
     for case in ("base", "K=32"):
-        _record(runs, "continuous", case, "poisson 0.4/s", requests(info, cases[case], n(16), 5),
-                rate=0.4)
+        _record(runs, "continuous", case, "poisson 0.3/s", requests(info, cases[case], n(12), 5),
+                rate=0.3)
     _record(runs, "continuous", "K=32 varlen", "c=32",
-            requests(info, lora[:32], n(64), 9, lengths=(16, 112)), concurrency=32)
+            requests(info, lora[:32], n(48), 9, lengths=(16, 112)), concurrency=32)
 
 
 def main() -> None:
@@ -231,16 +236,16 @@ def main() -> None:
     try:
         _record(runs, "static", "K=32", "c=32", requests(info, lora[:32], n(32), 32), concurrency=32)
         _record(runs, "static", "K=32 varlen", "c=32",
-                requests(info, lora[:32], n(64), 9, lengths=(16, 112)), concurrency=32)
+                requests(info, lora[:32], n(48), 9, lengths=(16, 112)), concurrency=32)
     finally:
         srv.stop()
     budget = 32 * info["lora_bytes"]
     srv = adapterkit_server(info, root, 128, ["--max-resident-bytes", str(budget)], "k128")
     SERVER_URL["k128"] = srv.url
     try:
-        _record(runs, "k128", "K=128", "c=32", requests(info, lora, n(64), 128), concurrency=32)
+        _record(runs, "k128", "K=128", "c=32", requests(info, lora, n(48), 128), concurrency=32)
         hot, cold = lora[:24], lora[24:]
-        warm = requests(info, hot, n(36), 11, "warm")
+        warm = requests(info, hot, n(24), 11, "warm")
         mixed = []
         for i, r in enumerate(warm):  # every fourth request is for a cold adapter
             mixed.append(r)
@@ -252,11 +257,11 @@ def main() -> None:
         srv.stop()
     peft_argv = [sys.executable, str(HERE / "peft_server.py"), "--model", info["model_dir"],
                  "--threads", str(THREADS)]
-    peft_argv += [a for name in lora[:32] for a in ("--adapter", f"{name}={root / 'peft' / name}")]
+    peft_argv += [a for name in lora[:8] for a in ("--adapter", f"{name}={root / 'peft' / name}")]
     srv = Server(peft_argv, "peft-swap")
     SERVER_URL["peft-swap"] = srv.url
     try:
-        _record(runs, "peft-swap", "K=32", "c=32", requests(info, lora[:32], n(32), 32),
+        _record(runs, "peft-swap", "K=8", "c=32", requests(info, lora[:8], n(8), 8),
                 concurrency=32)
     finally:
         srv.stop()

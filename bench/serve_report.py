@@ -35,6 +35,9 @@ def goals(runs: list[dict], engine: dict) -> list[dict[str, Any]]:
         out.append(_goal(f"continuous / static, output tok/s at c=32 ({case})",
                          ratio(tput("continuous", case), tput("static", case)), 3.0, True,
                          "same server, --scheduler static"))
+    out.append(_goal("adapterkit / PEFT swapping per batch, output tok/s at c=32 (K=8)",
+                     ratio(tput("continuous", "K=8"), tput("peft-swap", "K=8")), 1.0, True,
+                     "context, not a goal of the issue"))
     mixed, alone = _find(runs, "k128", "warm+cold"), _find(runs, "k128", "warm only")
     warm = mixed["by_tag"]["warm"]["ttft_ms"]["p99"] if mixed else None
     ref = alone["ttft_ms"]["p99"] if alone else None

@@ -168,12 +168,12 @@ def load_adapter(kit: AdapterKit, directory: str | os.PathLike, name: str | None
         tensors = dequantize_checkpoint(meta, tensors, str(d / WEIGHTS_FILE))
     refuse_non_finite(tensors, d / WEIGHTS_FILE)
     record = _plan_from_meta(kit, meta, name, d)
-    base = base_problems(kit, meta)  # before anything is attached
-    if base:
-        raise LoadError(f"{d} was saved from another base model:\n  " + "\n  ".join(base))
     problems = _mismatches(adapter_tensors(kit, record), tensors)
     if problems:
         raise _misfit(d, problems, meta, model_type_of(kit.model))
+    base = base_problems(kit, meta)  # tensors that fit a base of other shapes, before attaching
+    if base:
+        raise LoadError(f"{d} was saved from another base model:\n  " + "\n  ".join(base))
     install(kit, record, tensors)
     return record.name
 

@@ -26,7 +26,7 @@ from ..kit import AdapterKit
 from .adapters import AdapterCache
 from .kvcache import SlotKV
 from .protocol import ServeError
-from .sampling import TokenChoice, choose
+from .sampling import choose
 from .scheduler import Scheduler, SchedulerConfig
 from .selection import Entries
 from .sequence import Sequence
@@ -209,14 +209,6 @@ class Engine:
             with self.kit.route(entries):
                 return (module or self.model)(**kwargs)
 
-    def _forward(self, entries: list, **kwargs: Any) -> Any:
-        with torch.inference_mode():
-            if all(e == BASE for e in entries):
-                self.kit.activate(None)
-                return self.model(**kwargs)
-            with self.kit.route(entries):
-                return self.model(**kwargs)
-
     def _prefill(self, new: list[Sequence]) -> None:
         from transformers import DynamicCache
 
@@ -228,7 +220,7 @@ class Engine:
         for group in groups.values():
             ids = torch.tensor([s.prompt for s in group], device=self.device)
             cache = DynamicCache(config=self.model.config)
-            out = self._forward([s.entries[0] for s in group], input_ids=ids, use_cache=True,
+            out = self.forward([s.entries[0] for s in group], input_ids=ids, use_cache=True,
                                 logits_to_keep=1, **{self.cache_arg: cache})
             cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
             for i, seq in enumerate(group):
@@ -245,7 +237,7 @@ class Engine:
         rows = self.running
         cache, mask, pos = self.kv.step()
         ids = torch.tensor([[s.output[-1]] for s in rows], device=self.device)
-        out = self._forward([s.entries[1] for s in rows], input_ids=ids, attention_mask=mask,
+        out = self.forward([s.entries[1] for s in rows], input_ids=ids, attention_mask=mask,
                             position_ids=pos, use_cache=True, logits_to_keep=1,
                             **{self.cache_arg: cache})
         self.kv.advance()
@@ -254,43 +246,17 @@ class Engine:
         self._take(rows, out.logits[:, -1])
 
     def _take(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        banned = [self._banned(s) for s in seqs]
+        banned = [s.banned(self.eos) for s in seqs]
         choices = choose(logits, [s.params for s in seqs], [s.generator for s in seqs], banned)
         now = time.perf_counter()
         for seq, choice in zip(seqs, choices):
-            self._token(seq, choice, now)
-
-    def _banned(self, seq: Sequence) -> list[int]:
-        p = seq.params
-        if len(seq.output) >= p.min_tokens:
-            return []
-        return ([] if p.ignore_eos else list(self.eos)) + list(p.stop_token_ids)
-
-    def _token(self, seq: Sequence, choice: TokenChoice, now: float) -> None:
-        token, p = choice.token, seq.params
-        seq.output.append(token)
-        if seq.first_token is None:
-            seq.first_token = now
             if self.metrics is not None:
-                self.metrics.first_token(seq)
-        elif self.metrics is not None:
-            self.metrics.inter_token(now - (seq.last_token or now))
-        seq.last_token = now
-        special = (token in self.eos and not p.ignore_eos) or token in p.stop_token_ids
-        text = "" if special else seq.text.add(token)
-        if token in p.stop_token_ids:
-            seq.finished, seq.stop_reason = "stop", token
-        elif token in self.eos and not p.ignore_eos:
-            seq.finished = "stop"
-        elif seq.text.stopped is not None:
-            seq.finished, seq.stop_reason = "stop", seq.text.stopped
-        elif len(seq.output) >= p.max_tokens or len(seq.prompt) + len(seq.output) >= self.max_model_len:
-            seq.finished = "length"
-        if seq.finished is not None:
-            text += seq.text.flush()
-        seq.emit(text=text, tokens=[token], logprobs=[choice] if p.logprobs is not None else [],
-                 finish_reason=seq.finished, stop_reason=seq.stop_reason,
-                 prompt_tokens=len(seq.prompt), completion_tokens=len(seq.output))
+                if seq.first_token is None:
+                    seq.first_token = now
+                    self.metrics.first_token(seq)
+                else:
+                    self.metrics.inter_token(now - (seq.last_token or now))
+            seq.take(choice, now, self.eos, self.max_model_len)
 
     def _finish_rows(self) -> None:
         done = [s for s in self.running if s.finished is not None]

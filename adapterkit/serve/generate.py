@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -66,13 +67,20 @@ class Run:
             self.open = 0
 
     async def events(self, request: Request | None = None) -> AsyncIterator[Event]:
+        """The events until every sequence has finished; with ``request``, a client that has
+        gone away (checked about once a second) aborts the run."""
+        checked = time.monotonic()
         while self.open:
             try:
                 event = await asyncio.wait_for(self.queue.get(), timeout=1.0)
             except asyncio.TimeoutError:
-                if request is not None and await request.is_disconnected():
+                event = None
+            if request is not None and time.monotonic() - checked > 1.0:
+                checked = time.monotonic()
+                if await request.is_disconnected():
                     self.abort()
                     return
+            if event is None:
                 continue
             if event.error is not None:
                 self.abort()
@@ -149,7 +157,8 @@ async def completions(state: Any, req: CompletionRequest, request: Request) -> A
     echo = {s.index: (texts[s.index // req.n] or state.tokenizer.decode(s.prompt))
             for s in run.seqs} if req.echo else {}
     if req.stream:
-        return _stream(run, request, _completion_chunks(state, run, req, rid, created, model, echo))
+        return _stream(run, request, _completion_chunks(state, run, req, rid, created, model, echo,
+                                                        request))
     async for _ in run.events(request):
         pass
     choices = []
@@ -163,11 +172,12 @@ async def completions(state: Any, req: CompletionRequest, request: Request) -> A
 
 
 async def _completion_chunks(state: Any, run: Run, req: CompletionRequest, rid: str, created: int,
-                             model: str, echo: dict[int, str]) -> AsyncIterator[str]:
+                             model: str, echo: dict[int, str], request: Request
+                             ) -> AsyncIterator[str]:
     offsets = {i: len(t) for i, t in echo.items()}
     sent: set[int] = set()
     options = req.stream_options
-    async for ev in run.events():
+    async for ev in run.events(request):
         text = ev.text
         if ev.index in echo and ev.index not in sent:
             text = echo[ev.index] + text
@@ -194,7 +204,7 @@ async def chat(state: Any, req: ChatCompletionRequest, request: Request) -> Any:
     created, rid = now(), new_id("chatcmpl")
     model = req.model or state.model_id
     if req.stream:
-        return _stream(run, request, _chat_chunks(state, run, req, rid, created, model))
+        return _stream(run, request, _chat_chunks(state, run, req, rid, created, model, request))
     async for _ in run.events(request):
         pass
     choices = [{"index": i, "message": {"role": "assistant", "content": c.text},
@@ -206,7 +216,7 @@ async def chat(state: Any, req: ChatCompletionRequest, request: Request) -> Any:
 
 
 async def _chat_chunks(state: Any, run: Run, req: ChatCompletionRequest, rid: str, created: int,
-                       model: str) -> AsyncIterator[str]:
+                       model: str, request: Request) -> AsyncIterator[str]:
     head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
     options = req.stream_options
     for seq in run.seqs:
@@ -214,7 +224,7 @@ async def _chat_chunks(state: Any, run: Run, req: ChatCompletionRequest, rid: st
                                                                         "content": ""},
                                          "logprobs": None, "finish_reason": None}],
                     "usage": None})
-    async for ev in run.events():
+    async for ev in run.events(request):
         if not ev.text and ev.finish_reason is None and not ev.logprobs:
             continue
         delta = {"content": ev.text} if ev.text else {}

@@ -61,3 +61,33 @@ class Sequence:
 
     def emit(self, **kw: Any) -> None:
         self.sink(Event(self.index, **kw))
+
+    def banned(self, eos: set[int]) -> list[int]:
+        """Token ids this sequence may not take yet (end-of-sequence before ``min_tokens``)."""
+        p = self.params
+        if len(self.output) >= p.min_tokens:
+            return []
+        return ([] if p.ignore_eos else list(eos)) + list(p.stop_token_ids)
+
+    def take(self, choice: TokenChoice, now: float, eos: set[int], max_len: int) -> None:
+        """Append the chosen token, decide whether the sequence ends, and emit the new text."""
+        token, p = choice.token, self.params
+        self.output.append(token)
+        if self.first_token is None:
+            self.first_token = now
+        self.last_token = now
+        special = (token in eos and not p.ignore_eos) or token in p.stop_token_ids
+        text = "" if special else self.text.add(token)
+        if token in p.stop_token_ids:
+            self.finished, self.stop_reason = "stop", token
+        elif token in eos and not p.ignore_eos:
+            self.finished = "stop"
+        elif self.text.stopped is not None:
+            self.finished, self.stop_reason = "stop", self.text.stopped
+        elif len(self.output) >= p.max_tokens or len(self.prompt) + len(self.output) >= max_len:
+            self.finished = "length"
+        if self.finished is not None:
+            text += self.text.flush()
+        self.emit(text=text, tokens=[token], logprobs=[choice] if p.logprobs is not None else [],
+                  finish_reason=self.finished, stop_reason=self.stop_reason,
+                  prompt_tokens=len(self.prompt), completion_tokens=len(self.output))
