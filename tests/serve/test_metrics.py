@@ -101,3 +101,44 @@ def test_cache_evicts_and_reloads_within_budget(dirs: dict, reference: Any) -> N
         assert _get(values, "adapterkit:adapter_resident_bytes") <= budget
     finally:
         srv.stop()
+
+
+def test_cold_adapter_delays_only_its_own_requests(dirs: dict, reference: Any) -> None:
+    """While a cold adapter's load is held on the loader thread, requests for resident adapters
+    run to the end; the cold request follows once its load is let go."""
+    probe = ServerThread(options(dirs, ["lora"]))
+    budget = next(iter(probe.state.engine.cache.resident.values())).nbytes
+    probe.stop()
+    opts = options(dirs, ["lora", "ia3"])
+    opts.max_resident_bytes = budget  # registering ia3 evicts lora
+    srv = ServerThread(opts)
+    try:
+        cache = srv.state.engine.cache
+        assert [r.method for r in cache.resident.values()] == ["ia3"]
+        gate, original = threading.Event(), cache._load
+
+        def held(*args: Any) -> Any:
+            assert gate.wait(60)
+            return original(*args)
+
+        cache._load = held  # type: ignore[method-assign]
+        client = client_for(srv.url)
+        cold: dict = {}
+
+        def ask(name: str, out: dict) -> None:
+            out[name] = client.completions.create(
+                model=name, prompt="w9 w8", max_tokens=8, temperature=0, logprobs=0,
+                extra_body={"ignore_eos": True}).choices[0].logprobs.tokens
+
+        waiter = threading.Thread(target=ask, args=("lora", cold))
+        waiter.start()
+        warm: dict = {}
+        ask("ia3", warm)  # served while lora's load is held
+        assert waiter.is_alive() and not cold
+        assert warm["ia3"] == reference.tokens("ia3", "w9 w8", 8)
+        gate.set()
+        waiter.join(timeout=60)
+        assert cold["lora"] == reference.tokens("lora", "w9 w8", 8)
+    finally:
+        gate.set()
+        srv.stop()
