@@ -41,7 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = HubSettings(root=Path(args.root), db_url=args.db, allow_pickle=args.allow_pickle,
                            max_file_bytes=args.max_file_size, max_request_bytes=args.max_request_size,
                            upload_grace_s=args.upload_grace)
-    serve(settings, host=args.host, port=args.port, log_level=args.log_level)
+    serve(settings, host=args.host, port=args.port, log_level=args.log_level,
+          collect_every_s=args.collect_every)
     return 0
 
 
@@ -152,6 +153,8 @@ def _add_server(sub: Any) -> None:
     s.add_argument("--max-request-size", type=int, default=64 << 20, help="bytes per other request body")
     s.add_argument("--upload-grace", type=float, default=3600.0,
                    help="seconds an uploaded but uncommitted blob is kept before purge collects it")
+    s.add_argument("--collect-every", type=float, default=600.0,
+                   help="seconds between collections of expired uploads (0: never; purge does it too)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
     token = hub.add_parser("token", help="create, revoke and list tokens").add_subparsers(

@@ -95,6 +95,33 @@ def purge(hub: Hub, grace_s: float | None = None, actor: str = "admin") -> Purge
     return report
 
 
+def collect_expired(hub: Hub, grace_s: float | None = None) -> int:
+    """What a running server does on its own, every ``--collect-every`` seconds: drop uploads
+    older than the grace period that no commit used, delete those of their blobs that nothing
+    else references, and stale staging files. Returns the blobs deleted. (Deleted repos and refs
+    keep their bytes until ``purge``.)"""
+    grace = hub.settings.upload_grace_s if grace_s is None else grace_s
+    cutoff = now() - dt.timedelta(seconds=grace)
+    with hub.store.collecting():
+        with hub.db.write() as s:
+            old = select(Upload.id, Upload.blob).where(Upload.created_at <= cutoff)
+            expired = list(s.execute(old).tuples())
+            ids, blobs = [i for i, _ in expired], sorted({b for _, b in expired})
+            for i in range(0, len(ids), 500):
+                s.execute(delete(Upload).where(Upload.id.in_(ids[i:i + 500])))
+            unused = list(s.scalars(select(Blob.sha256).where(
+                Blob.sha256.in_(blobs), ~exists().where(File.blob == Blob.sha256),
+                ~exists().where(Upload.blob == Blob.sha256)))) if blobs else []
+            if unused:
+                s.execute(delete(Blob).where(Blob.sha256.in_(unused)))
+        for sha in unused:
+            hub.store.remove(sha)
+        for path in list(hub.store.staging.iterdir()):
+            if _old(path, time.time() - grace):
+                path.unlink(missing_ok=True)
+    return len(unused)
+
+
 def _sweep(hub: Hub, cutoff: float) -> tuple[int, int]:
     """Delete store files without a blob row (the exclusive lock is held, so no writer is between
     moving a file in and committing its row) and staging files older than ``cutoff``."""

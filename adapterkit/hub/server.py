@@ -3,6 +3,7 @@ thread of the current process (:class:`ServerThread`, for tests and benchmarks).
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -11,15 +12,34 @@ from pathlib import Path
 from .app import create_app
 from .settings import Hub, HubSettings
 
+log = logging.getLogger("adapterkit.hub")
 
-def serve(settings: HubSettings, host: str = "127.0.0.1", port: int = 8500, log_level: str = "info") -> None:
+
+def _collector(hub: Hub, every_s: float, stop: threading.Event) -> None:
+    from .gc import collect_expired
+
+    while not stop.wait(every_s):
+        try:
+            collect_expired(hub)
+        except Exception:  # a failed round is retried at the next one; the server keeps serving
+            log.exception("collecting expired uploads failed")
+
+
+def serve(settings: HubSettings, host: str = "127.0.0.1", port: int = 8500, log_level: str = "info",
+          collect_every_s: float = 600.0) -> None:
+    """Serve until interrupted; every ``collect_every_s`` seconds (0: never) uploads that were
+    never committed within the grace period are collected."""
     import uvicorn
 
     hub = Hub(settings)
+    stop = threading.Event()
+    if collect_every_s > 0:
+        threading.Thread(target=_collector, args=(hub, collect_every_s, stop), daemon=True).start()
     try:
         uvicorn.run(create_app(hub), host=host, port=port, log_level=log_level, access_log=False,
                     timeout_keep_alive=30)
     finally:
+        stop.set()
         hub.close()
 
 

@@ -1,0 +1,284 @@
+"""The adapterkit hub under load, on SQLite and on PostgreSQL (``--pg URL`` or
+``$ADAPTERKIT_TEST_PG``; without one only SQLite runs, and the results say so).
+
+- ``hf_hub_download`` (huggingface_hub, a fresh cache per call) of a 1 MB and a 30 MB adapter at
+  1 and 16 concurrent clients (threads): p50 and p99 latency, throughput, and throughput as a
+  ratio to reading the same blob from local disk at the same concurrency (``read``), and to
+  copying it to a new file (``copy``, the work a download also does);
+- push latency of a 1 MB adapter (``HubClient.push_folder``: preupload, LFS batch, PUT, commit);
+- ``kit.load("hub://...")`` of a 32 MB LoRA on a BERT-base-sized model, cold (empty cache) and
+  cached.
+
+The hub runs as ``adapterkit hub serve`` in its own process; clients and server share this
+machine's cores. Writes bench/results/hub.json and hub.md (``HUB_BENCH_QUICK=1``: one call per
+client, a smoke run that writes nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+import safetensors.torch
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import table, write
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {"1 MB": 1 << 20, "30 MB": 30 << 20}
+ROUNDS = {("1 MB", 1): 30, ("1 MB", 16): 8, ("30 MB", 1): 10, ("30 MB", 16): 2}  # calls per client
+if os.environ.get("HUB_BENCH_QUICK"):  # a smoke run of the script (its numbers mean nothing)
+    ROUNDS = dict.fromkeys(ROUNDS, 1)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@contextmanager
+def database(backend: str, pg: str | None) -> Iterator[str | None]:
+    if backend == "sqlite":
+        yield None
+        return
+    import psycopg
+
+    name = "hubbench_" + secrets.token_hex(4)
+    with psycopg.connect(pg, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield str(pg).rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(pg, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextmanager
+def hub_process(root: Path, db: str | None) -> Iterator[str]:
+    from adapterkit.hub.server import free_port
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "adapterkit.cli", "hub", "serve", "--root", str(root), "--port", str(port),
+           "--log-level", "warning"] + (["--db", db] if db else [])
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(url + "/api/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def adapter_folder(base: Path, size: int, seed: int) -> Path:
+    d = Path(tempfile.mkdtemp(dir=base))
+    g = torch.Generator().manual_seed(seed)
+    safetensors.torch.save_file({"w": torch.randn(size // 4 - 32, generator=g)},
+                                str(d / "adapter_model.safetensors"))
+    (d / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "target_modules": ["q"]}')
+    return d
+
+
+def concurrent(clients: int, calls: int, one: Callable[[int], None]) -> tuple[list[float], float]:
+    """Latencies of ``clients`` threads making ``calls`` calls each, and the round's wall time."""
+    latencies: list[float] = []
+    lock, barrier = threading.Lock(), threading.Barrier(clients)
+
+    def run(c: int) -> None:
+        barrier.wait()
+        for i in range(calls):
+            t = time.perf_counter()
+            one(c * calls + i)
+            with lock:
+                latencies.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, time.perf_counter() - start
+
+
+def local_rates(blob: Path, clients: int, calls: int, scratch: Path) -> dict[str, float]:
+    size = blob.stat().st_size
+
+    def read(_i: int) -> None:
+        with open(blob, "rb") as f:
+            while f.read(1 << 20):
+                pass
+
+    def copy(i: int) -> None:
+        dest = scratch / f"copy-{i}"
+        shutil.copyfile(blob, dest)
+        dest.unlink()
+
+    out = {}
+    for name, fn in (("read", read), ("copy", copy)):
+        fn(0)  # the page cache holds the blob, as it does for the server
+        _, wall = concurrent(clients, calls, fn)
+        out[name] = clients * calls * size / wall
+    return out
+
+
+def downloads(url: str, token: str, repo: str, label: str, blob: Path, scratch: Path) -> list[dict[str, Any]]:
+    from huggingface_hub import hf_hub_download
+
+    rows = []
+    for clients in (1, 16):
+        calls = ROUNDS[(label, clients)]
+
+        def one(i: int, clients: int = clients) -> None:
+            cache = scratch / f"dl-{clients}-{i}"
+            hf_hub_download(repo, "adapter_model.safetensors", endpoint=url, token=token,
+                            cache_dir=str(cache))
+            shutil.rmtree(cache)
+
+        one(-1)  # warm the connection pool and the server's page cache
+        latencies, wall = concurrent(clients, calls, one)
+        rate = clients * calls * blob.stat().st_size / wall
+        local = local_rates(blob, clients, calls, scratch)
+        rows.append({"file": label, "clients": clients, "calls": clients * calls,
+                     "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * pct(latencies, 0.99),
+                     "mb_per_s": rate / 1e6, "local_read_mb_per_s": local["read"] / 1e6,
+                     "local_copy_mb_per_s": local["copy"] / 1e6, "ratio_read": rate / local["read"],
+                     "ratio_copy": rate / local["copy"]})
+    return rows
+
+
+def push_latency(client: Any, scratch: Path, n: int = 10) -> dict[str, float]:
+    times = []
+    for i in range(n):
+        folder = adapter_folder(scratch, SIZES["1 MB"], seed=1000 + i)  # new bytes every push
+        t = time.perf_counter()
+        client.push_folder(folder, "alice/push-bench", message=f"push {i}")
+        times.append(time.perf_counter() - t)
+        shutil.rmtree(folder)
+    return {"pushes": n, "p50_ms": 1000 * statistics.median(times), "p99_ms": 1000 * pct(times, 0.99)}
+
+
+def big_lora() -> tuple[Any, Any]:
+    import transformers as T
+
+    import adapterkit as ak
+
+    cfg = T.BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    torch.manual_seed(0)
+    model = T.BertModel(cfg).eval()
+    kit = ak.AdapterKit(model)
+    kit.add("big", ak.LoRA(r=48, targets=("attn.q", "attn.k", "attn.v", "attn.out", "ffn.in", "ffn.out")))
+    return cfg, kit
+
+
+def load_times(url: str, token: str, scratch: Path, rounds: int = 3) -> dict[str, Any]:
+    import transformers as T
+
+    import adapterkit as ak
+
+    cfg, kit = big_lora()
+    kit.push("big", "alice/big-lora", token=token, endpoint=url)
+    size = sum(p.numel() * 4 for p in kit.parameters("big"))
+    cold, cached = [], []
+    for r in range(rounds):
+        cache = scratch / f"load-cache-{r}"
+        for bucket in (cold, cached):  # the first load fills the empty cache, the second reuses it
+            fresh = ak.AdapterKit(T.BertModel(cfg).eval())
+            t = time.perf_counter()
+            fresh.load("hub://alice/big-lora", token=token, endpoint=url, cache_dir=cache)
+            bucket.append(time.perf_counter() - t)
+        shutil.rmtree(cache)
+    return {"adapter_mb": size / 1e6, "cold_ms": 1000 * statistics.median(cold),
+            "cached_ms": 1000 * statistics.median(cached), "rounds": rounds}
+
+
+def run_backend(backend: str, pg: str | None) -> dict[str, Any]:
+    from adapterkit.hub.admin import token_create
+    from adapterkit.hub.settings import Hub
+    from adapterkit.io.hub import HubClient
+
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hub-bench-")))
+        db = stack.enter_context(database(backend, pg))
+        state = Hub.open(scratch / "root", db)
+        token = token_create(state, "alice", "write")[0]
+        state.close()
+        url = stack.enter_context(hub_process(scratch / "root", db))
+        client = HubClient(url, token, scratch / "client-cache")
+        rows = []
+        for label, size in SIZES.items():
+            repo = f"alice/dl-{label.replace(' ', '').lower()}"
+            client.push_folder(adapter_folder(scratch, size, seed=size), repo)
+            sha = next(s["sha256"] for s in client.info(repo)["siblings"]
+                       if s["rfilename"] == "adapter_model.safetensors")
+            blob = scratch / "root" / "blobs" / sha[:2] / sha[2:4] / sha
+            rows += downloads(url, token, repo, label, blob, scratch)
+        return {"downloads": rows, "push": push_latency(client, scratch),
+                "load": load_times(url, token, scratch)}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    out = ["# Hub benchmark", "", f"`python bench/hub.py`, {results['date']}, {os.cpu_count()} CPUs "
+           "shared by server and clients; huggingface_hub " + results["huggingface_hub"] + ".", ""]
+    for backend, res in results["backends"].items():
+        if "skipped" in res:
+            out += [f"## {backend}", "", f"Not run: {res['skipped']}", ""]
+            continue
+        rows = [(d["file"], str(d["clients"]), f"{d['p50_ms']:.1f}", f"{d['p99_ms']:.1f}",
+                 f"{d['mb_per_s']:.0f}", f"{d['local_read_mb_per_s']:.0f}", f"{d['ratio_read']:.2f}",
+                 f"{d['ratio_copy']:.2f}") for d in res["downloads"]]
+        out += [f"## {backend}", "", "`hf_hub_download`, a fresh cache per call:", "",
+                table(rows, ("file", "clients", "p50 ms", "p99 ms", "MB/s", "local read MB/s",
+                             "ratio to read", "ratio to copy")), ""]
+        p, ld = res["push"], res["load"]
+        out += [f"Push of a 1 MB adapter: p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms "
+                f"({p['pushes']} pushes).", "",
+                f"`kit.load(\"hub://...\")` of a {ld['adapter_mb']:.0f} MB LoRA: "
+                f"cold {ld['cold_ms']:.0f} ms, "
+                f"cached {ld['cached_ms']:.0f} ms (medians of {ld['rounds']}).", ""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    import datetime as dt
+
+    import huggingface_hub
+
+    pg = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--pg=")), None) or \
+        os.environ.get("ADAPTERKIT_TEST_PG")
+    results: dict[str, Any] = {"date": dt.date.today().isoformat(),
+                               "huggingface_hub": huggingface_hub.__version__, "backends": {}}
+    for backend in ("sqlite", "postgresql"):
+        if backend == "postgresql" and not pg:
+            results["backends"][backend] = {"skipped": "no PostgreSQL URL (--pg=URL or $ADAPTERKIT_TEST_PG)"}
+            continue
+        print(f"{backend} ...", flush=True)
+        results["backends"][backend] = run_backend(backend, pg)
+    if not os.environ.get("HUB_BENCH_QUICK"):
+        write("hub", results)
+        (ROOT / "bench" / "results" / "hub.md").write_text(markdown(results) + "\n")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
