@@ -41,3 +41,8 @@ def closest(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
         return hits
     leaf = word.rsplit(".", 1)[-1]
     return [c for c in pool if leaf and leaf in c][:n]
+
+
+class DistributedError(AdapterError, RuntimeError):
+    """An adapter operation that would go wrong under DDP or FSDP (a trainable set that changed
+    after wrapping, an adapter added after sharding, a trainable adapter that does not run)."""

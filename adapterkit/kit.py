@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
@@ -16,6 +17,9 @@ from .compose.blocks import BASE, Block, CompositionError, as_composition
 from .compose.compile import compile_plan
 from .compose.executor import Executor
 from .compose.learned import Routing
+from .core import hosts
+from .core.distributed import check_not_sharded, install_guard
+from .core.hosts import MergeReport
 from .core.layouts import Layout, get_layout, layout_for
 from .core.merging import fold, tied_hosts, unfold
 from .core.records import AdapterRecord
@@ -43,6 +47,8 @@ class AdapterKit(Compositions, Routing):
     layout: Layout | None
     _exec: Executor
     _records: dict[str, AdapterRecord]
+    #: the dtype of new adapters' parameters (None: float32 on half and quantized hosts)
+    adapter_dtype: torch.dtype | None
 
     def __new__(cls, model: nn.Module, layout: str | Layout | None = None) -> AdapterKit:
         existing = model.__dict__.get(_ATTR)
@@ -62,6 +68,7 @@ class AdapterKit(Compositions, Routing):
         self.layout = layout if layout is not None else layout_for(model_type_of(model))
         self._exec = Executor(model)
         self._records = {}
+        self.adapter_dtype = None
         model.__dict__[_ATTR] = self
         return self
 
@@ -119,15 +126,22 @@ class AdapterKit(Compositions, Routing):
         if name in self._records:
             raise AdapterNameError(f"an adapter named {name!r} exists already; adapters: {self.names}")
 
-    def plan(self, name: str, config: Any) -> AdapterRecord:
-        """Build the adapter's modules without touching the model (validation happens here)."""
+    def plan(self, name: str, config: Any, dtype: torch.dtype | None = None) -> AdapterRecord:
+        """Build the adapter's modules without touching the model (validation happens here).
+        Their parameters take ``dtype``, else ``kit.adapter_dtype``, else float32 on float16,
+        bfloat16 and quantized hosts (see ``core.hosts.adapter_dtype``)."""
         self._check_new_name(name)
+        check_not_sharded(self.model, f"add adapter {name!r}")
         spec = spec_of(config)
         finder = self.finder()
         if spec.resolve is not None:
             config = spec.resolve(config, finder)
         sites = spec.find_sites(config, finder)
+        hosts.check_method(spec, sites, finder)
         modules = {s.host: spec.build(config, s, finder) for s in sites}
+        chosen = dtype or self.adapter_dtype
+        for s in sites:
+            hosts.cast_adapter(modules[s.host], finder.module(s.host), spec.kind, chosen)
         return AdapterRecord(name, config, spec, sites, modules)
 
     def attach(self, record: AdapterRecord) -> None:
@@ -135,9 +149,10 @@ class AdapterKit(Compositions, Routing):
             self._exec.attach(record.name, site.host, record.modules[site.host], site.input)
         self._records[record.name] = record
 
-    def add(self, name: str, config: Any) -> None:
-        """Add adapter ``name``; the model is unchanged if this raises."""
-        self.attach(self.plan(name, config))
+    def add(self, name: str, config: Any, dtype: torch.dtype | None = None) -> None:
+        """Add adapter ``name`` (parameters in ``dtype``, see :meth:`plan`); the model is
+        unchanged if this raises."""
+        self.attach(self.plan(name, config, dtype))
 
     def remove(self, name: str) -> None:
         """Remove adapter ``name``, unmerging it first; the base model is as before ``add``."""
@@ -186,11 +201,24 @@ class AdapterKit(Compositions, Routing):
             p.requires_grad_(True)
         record.heads = heads
         self.activate(name)
+        install_guard(self)
+        return params
+
+    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
+        """The parameters ``kit.train(name)`` made trainable (the adapter's and its heads'), read
+        from the modules now: after ``fully_shard`` these are the sharded parameters, which an
+        optimizer must be given instead of the list ``kit.train`` returned before sharding."""
+        record = self.record(name)
+        params = list(record.parameters())
+        for path in record.heads:
+            params.extend(self.model.get_submodule(path).parameters())
         return params
 
     # -- merging -----------------------------------------------------------------------------
-    def merge(self, name: str) -> None:
-        """Fold adapter ``name`` into the base weights (weight-delta methods only)."""
+    def merge(self, name: str) -> MergeReport:
+        """Fold adapter ``name`` into the base weights (weight-delta methods only). On a
+        quantized host the weight is dequantized, added to and requantized: the report gives
+        each such host's rounding error (and a warning names the largest)."""
         record = self.record(name)
         if not record.spec.mergeable:
             why = record.spec.merge_note or f"a {record.spec.kind.value} method with no weight delta"
@@ -198,14 +226,23 @@ class AdapterKit(Compositions, Routing):
                 f"adapter {name!r} uses {record.spec.name}, {why}: it cannot be merged; "
                 "mergeable methods: those with kind weight_delta (see adapterkit.methods())"
             )
+        report = MergeReport(name)
         if record.merged:
-            return
+            return report
         self._check_not_composed(name, "merge")
         self._check_untied(record)
+        hosts.check_mergeable([self.model.get_submodule(h) for h in record.modules], name)
         with torch.no_grad():
             for host_path, module in record.modules.items():
-                fold(self.model.get_submodule(host_path), module)
+                error = fold(self.model.get_submodule(host_path), module)
+                if error is not None:
+                    report.rounding_error[host_path] = error
         record.merged = True
+        if report.rounding_error:
+            warnings.warn(f"merging {name!r} requantized {len(report.rounding_error)} quantized "
+                          f"weight(s): the largest rounding error is {report.max_error:.3g}",
+                          stacklevel=2)
+        return report
 
     def _check_untied(self, record: AdapterRecord) -> None:
         """Merging into a weight another module shares (tied embeddings and LM heads) would

@@ -83,14 +83,14 @@ class Leaf(Node):
         mod = slot.adapter(self.name)
         if mod is None or mod.merged:
             return h
-        return mod.apply_delta(h, inp.of(mod), host)
+        return mod(h, inp.of(mod), host)  # the module call: FSDP2 and ZeRO-3 hooks fire
 
     def delta(self, h: torch.Tensor, inp: Inputs, slot: Slot,
               host: nn.Module) -> torch.Tensor | None:
         mod = slot.adapter(self.name)
         if mod is None or mod.merged:
             return None
-        return mod.delta(h, inp.of(mod), host)
+        return mod(h, inp.of(mod), host, True)
 
 
 class StackNode(Node):

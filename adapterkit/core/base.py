@@ -83,6 +83,13 @@ class AdapterModule(nn.Module):
         self.tap: Tap | None = None
         self.merge_stash: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
+    def forward(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module,
+                delta: bool = False) -> torch.Tensor:
+        """What the executor calls, through the module call so that per-module hooks (FSDP2
+        units, DeepSpeed ZeRO-3 gathering) see this module's parameters: ``apply_delta`` or,
+        with ``delta``, ``delta``."""
+        return self.delta(h, x, base) if delta else self.apply_delta(h, x, base)
+
     def apply_delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         """``h + delta(h, x, base)``: what a single active adapter does at its host (methods
         override it only to fuse the addition into their kernel). Named apart from

@@ -6,19 +6,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import hosts
 from .base import AdapterModule
 from .typed import bias_of, weight_of
 
 
-def fold(host: nn.Module, module: AdapterModule) -> None:
-    """Add the module's weight (and bias) delta to its host."""
+def fold(host: nn.Module, module: AdapterModule) -> float | None:
+    """Add the module's weight (and bias) delta to its host; for a quantized host, return the
+    rounding error of the requantized weight (see ``hosts.add_quantized``)."""
     dw, db = module.delta_weight(host), module.delta_bias(host)
-    add_weight_delta(weight_of(host), dw, sign=1.0)
+    error = None
+    if hosts.is_quantized(host):
+        error = hosts.add_quantized(host, dw, id(module), sign=1.0)
+    else:
+        add_weight_delta(weight_of(host), dw, sign=1.0)
     if db is not None:
         add_weight_delta(_bias(host), db, sign=1.0)
     # a delta that reads the base weight cannot be recomputed from the merged one
     module.merge_stash = (dw, db) if module.delta_reads_base else None
     module.merged = True
+    return error
 
 
 def unfold(host: nn.Module, module: AdapterModule) -> None:
@@ -27,8 +34,11 @@ def unfold(host: nn.Module, module: AdapterModule) -> None:
         dw, db = module.merge_stash
     else:
         dw, db = module.delta_weight(host), module.delta_bias(host)
-    weight = weight_of(host)
-    add_weight_delta(weight, dw.to(weight.device), sign=-1.0)
+    if hosts.is_quantized(host):
+        hosts.add_quantized(host, dw, id(module), sign=-1.0)
+    else:
+        weight = weight_of(host)
+        add_weight_delta(weight, dw.to(weight.device), sign=-1.0)
     if db is not None:
         bias = _bias(host)
         add_weight_delta(bias, db.to(bias.device), sign=-1.0)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import TargetError, closest
+from . import hosts
 from .base import AdapterModule, Site
 from .layouts import LAYER_ROLES, ROLES, Layout, looks_like_role
 from .typed import weight_of
@@ -183,9 +184,11 @@ class SiteFinder:
 
 
 def dense_weight(module: nn.Module) -> torch.Tensor:
-    """The weight of a Linear or Conv1D as (out, in): a view, transposed for Conv1D."""
-    weight = weight_of(module)
-    return weight.t() if is_conv1d(module) else weight
+    """The weight of a Linear or Conv1D as (out, in): a view, transposed for Conv1D, and
+    dequantized for a quantized host (see :mod:`.hosts`)."""
+    if is_conv1d(module):
+        return weight_of(module).t()
+    return hosts.dense_weight(module)
 
 
 def features_of(module: nn.Module) -> tuple[int, int]:

@@ -17,6 +17,8 @@ from ..core.checkpoint import (
     refuse_non_finite,
     write_checkpoint,
 )
+from ..core.distributed import full_tensor, is_main_process
+from ..core.hosts import weight_shape
 from ..core.records import head_state, plain_state
 from ..core.sites import model_type_of
 from ..core.version import __version__
@@ -35,20 +37,21 @@ def fingerprint(kit: AdapterKit, paths: list[str]) -> str:
     """Hash of the names and shapes of the weights at ``paths``: the base identity."""
     h = hashlib.sha256()
     for path in sorted(paths):
-        w = getattr(kit.model.get_submodule(path), "weight", None)
-        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else ()
+        shape = weight_shape(kit.model.get_submodule(path))  # logical: (out, in) when quantized
         h.update(f"{path}:{shape};".encode())
     return h.hexdigest()[:16]
 
 
 def adapter_tensors(kit: AdapterKit, record: AdapterRecord) -> dict[str, torch.Tensor]:
+    """The adapter's and its heads' tensors by checkpoint key; sharded (FSDP2) tensors are
+    gathered whole, which every rank must take part in."""
     out = {}
     for host, module in record.modules.items():
         for key, t in plain_state(module).items():
-            out[f"{host}.{key}"] = t
+            out[f"{host}.{key}"] = full_tensor(t)
     for path in record.heads:
         for key, t in head_state(kit.model.get_submodule(path)).items():
-            out[f"{HEAD}{path}.{key}"] = t.detach()
+            out[f"{HEAD}{path}.{key}"] = full_tensor(t.detach())
     return out
 
 
@@ -82,7 +85,9 @@ def save_record(kit: AdapterKit, record: AdapterRecord, directory: str | os.Path
         "heads": list(record.heads),
         **record.extra,
     }
-    write_checkpoint(directory, meta, adapter_tensors(kit, record))
+    tensors = adapter_tensors(kit, record)  # under torch.distributed: on every rank
+    if is_main_process():
+        write_checkpoint(directory, meta, tensors)
 
 
 def _mismatches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..core.base import SLOT
 from ..core.checkpoint import STR, _atomic_write, check_kinds, read_json, read_safetensors, refuse_non_finite
+from ..core.distributed import is_main_process
 from ..core.sites import SiteFinder, is_conv1d
 from ..errors import AdapterError, ConfigError, LoadError, TargetError
 from ..methods import get_method, methods
@@ -329,7 +330,9 @@ def save_peft(kit: AdapterKit, record: AdapterRecord, directory: Path) -> None:
         cfg = peft_prompt.peft_config(kit, record, _prompt_task(kit, record))
     else:
         cfg = (ia3_config if record.spec.name == "ia3" else peft_config)(kit, record)
-    tensors = _peft_tensors(kit, record)
+    tensors = _peft_tensors(kit, record)  # gathered on every rank; rank 0 writes
+    if not is_main_process():
+        return
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / SAFETENSORS_FILE,

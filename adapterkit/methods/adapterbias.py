@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choice
+from ..core import hosts
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, features_of
-from ..core.typed import factory, weight_of
+from ..core.typed import factory
 from ..errors import ConfigError
 from . import register
 
@@ -76,7 +77,7 @@ def _find_sites(config: AdapterBias, finder: SiteFinder) -> list[Site]:
 
 def _build(config: AdapterBias, site: Site, finder: SiteFinder) -> AdapterBiasModule:
     host = finder.module(site.host)
-    return AdapterBiasModule(features_of(host)[1], weight_of(host))
+    return AdapterBiasModule(features_of(host)[1], hosts.like(host))
 
 
 register(MethodSpec(

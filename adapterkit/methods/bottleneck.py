@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from ..config import check_choice, check_positive
+from ..core import hosts
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.kernels import bottleneck_route
 from ..core.sites import SiteFinder, features_of, is_linear_like
-from ..core.typed import factory, weight_of
+from ..core.typed import factory
 from ..errors import ConfigError
 from . import register
 
@@ -134,7 +135,7 @@ def bottleneck_shape(config: Any, site: Site, finder: SiteFinder) -> tuple[int, 
 
 def _build(config: Bottleneck, site: Site, finder: SiteFinder) -> BottleneckModule:
     host = finder.module(site.host)
-    module = BottleneckModule(*bottleneck_shape(config, site, finder), config, weight_of(host))
+    module = BottleneckModule(*bottleneck_shape(config, site, finder), config, hosts.like(host))
     if site.norm is not None:
         object.__setattr__(module, "orig_norm", finder.module(site.norm))
     return module

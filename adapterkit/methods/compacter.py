@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choice, check_positive
+from ..core import hosts
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, features_of
-from ..core.typed import factory, weight_of
+from ..core.typed import factory
 from ..errors import ConfigError
 from . import register
 from .bottleneck import ACTIVATIONS
@@ -157,7 +158,7 @@ def _build(config: Compacter, site: Site, finder: SiteFinder) -> CompacterModule
     if config.shared_rule:
         key = ("compacter.rule_owner", config)
         owner = cast("CompacterModule | None", finder.memo.get(key))
-    module = CompacterModule(n_in, n_out, width, config, weight_of(host), owner)
+    module = CompacterModule(n_in, n_out, width, config, hosts.like(host), owner)
     if config.shared_rule and owner is None:
         finder.memo[key] = module
     return module

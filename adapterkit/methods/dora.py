@@ -72,7 +72,7 @@ class DoRAModule(LoRAModule):
     def __init__(self, base: nn.Module, r: int, scale: float, dropout: float) -> None:
         super().__init__(base, r, scale, dropout, "default")
         with torch.no_grad():
-            norm = _row_norm(weight_of(base), self._in_dim(base))
+            norm = _row_norm(_weight(base), self._in_dim(base))
         self.magnitude = nn.Parameter(norm.clone())
 
     @staticmethod
@@ -83,7 +83,7 @@ class DoRAModule(LoRAModule):
         """``m / ||W + s B A||_c``: (out,), with the norm detached."""
         with torch.no_grad():
             lora = LoRAModule.delta_weight(self, base)  # s B A in the weight's layout
-            w = weight_of(base).to(dtype)
+            w = _weight(base).to(dtype)
             norm = _row_norm(w + lora.to(dtype), self._in_dim(base))
         return self.magnitude.to(dtype) / norm
 
@@ -98,12 +98,17 @@ class DoRAModule(LoRAModule):
     apply_delta = AdapterModule.apply_delta
 
     def delta_weight(self, base: nn.Module) -> torch.Tensor:
-        w = weight_of(base)
+        w = _weight(base)
         v = w + LoRAModule.delta_weight(self, base).to(w.dtype)  # W + s B A, weight layout
         mscale = self.magnitude.to(w.dtype) / _row_norm(v, self._in_dim(base))  # (out,)
         mscale = mscale[None, :] if is_conv1d(base) else mscale[:, None]
         return mscale * v - w
 
+
+
+def _weight(base: nn.Module) -> torch.Tensor:
+    """The host's weight in its own layout, dequantized for a quantized host."""
+    return weight_of(base) if is_conv1d(base) else dense_weight(base)
 
 def _find_sites(config: DoRA, finder: SiteFinder) -> list[Site]:
     return finder.linear_sites(config.targets, "DoRA")

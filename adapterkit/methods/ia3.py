@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import hosts
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.kernels import ia3_route
 from ..core.sites import SiteFinder, dense_weight, features_of, is_conv1d, is_linear_like
-from ..core.typed import weight_of
 from ..errors import TargetError
 from . import register
 from .lora import _as_targets
@@ -62,7 +62,7 @@ class IA3Module(AdapterModule):
     def __init__(self, base: nn.Module, feedforward: bool, init_ones: bool) -> None:
         super().__init__()
         n_in, n_out = features_of(base)
-        w = weight_of(base)
+        w = hosts.like(base)
         n = n_in if feedforward else n_out
         offset = torch.zeros(n) if init_ones else torch.randn(n) - 1  # l = 1 or l ~ N(0, 1)
         self.ia3_offset = nn.Parameter(offset.to(w.device, w.dtype))

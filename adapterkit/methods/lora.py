@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choice, check_positive
+from ..core import hosts
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.kernels import lora_route
 from ..core.sites import SiteFinder, features_of, is_conv1d
-from ..core.typed import weight_of
 from ..errors import ConfigError
 from . import register
 
@@ -117,7 +117,7 @@ class LoRAModule(AdapterModule):
     def __init__(self, base: nn.Module, r: int, scale: float, dropout: float, init: str) -> None:
         super().__init__()
         n_in, n_out = features_of(base)
-        w = weight_of(base)
+        w = hosts.like(base)
         shape_a = (r, n_in, *base.kernel_size) if isinstance(base, nn.Conv2d) else (r, n_in)
         if isinstance(base, nn.Conv2d) and base.groups != 1:
             raise ConfigError("LoRA on Conv2d supports groups=1 only")

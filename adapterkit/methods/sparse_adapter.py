@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choice
+from ..core import hosts
 from ..core.base import MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder
-from ..core.typed import weight_of
 from ..errors import ConfigError
 from . import register
 from .bottleneck import Bottleneck, BottleneckModule, bottleneck_shape
@@ -147,7 +147,7 @@ def _find_sites(config: SparseAdapter, finder: SiteFinder) -> list[Site]:
 
 def _make(config: SparseAdapter, site: Site, finder: SiteFinder) -> SparseAdapterModule:
     host = finder.module(site.host)
-    module = SparseAdapterModule(*bottleneck_shape(config, site, finder), config, weight_of(host))
+    module = SparseAdapterModule(*bottleneck_shape(config, site, finder), config, hosts.like(host))
     if site.norm is not None:
         object.__setattr__(module, "orig_norm", finder.module(site.norm))
     return module

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import hosts
 from ..core.base import AdapterModule, MethodKind, MethodSpec, Site
 from ..core.sites import SiteFinder, features_of, is_conv1d
-from ..core.typed import factory, weight_of
+from ..core.typed import factory
 from ..errors import ConfigError
 from . import register
 from .lora import _as_targets
@@ -95,7 +96,7 @@ class VeRAModule(AdapterModule):
         # views, not copies: every site reads the same memory; saved per site if persistent
         self.register_buffer("vera_A", shared_a[:, :n_in], persistent=save_projection)  # (r, in)
         self.register_buffer("vera_B", shared_b[:n_out, :], persistent=save_projection)  # (out, r)
-        kw = factory(weight_of(base))
+        kw = factory(hosts.like(base))
         self.lambda_d = nn.Parameter(torch.full((r,), float(d_initial), **kw))
         self.lambda_b = nn.Parameter(torch.zeros(n_out, **kw))
 
@@ -117,7 +118,7 @@ def _find_sites(config: VeRA, finder: SiteFinder) -> list[Site]:
 
 def _build(config: VeRA, site: Site, finder: SiteFinder) -> VeRAModule:
     base = finder.module(site.host)
-    a, b = _shared(config, finder, weight_of(base))
+    a, b = _shared(config, finder, hosts.like(base))
     return VeRAModule(base, a, b, config.d_initial, config.save_projection)
 
 
