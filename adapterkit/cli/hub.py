@@ -123,6 +123,22 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expunge(args: argparse.Namespace) -> int:
+    from ..hub.expunge import expunge
+    from ..hub.gc import purge
+
+    hub = _open(args)
+    try:
+        n = expunge(hub, args.repo, args.path)
+        report = purge(hub) if args.purge else None
+    finally:
+        hub.close()
+    print(f"removed {args.path} from {n} commit(s) of {args.repo}"
+          + (f"; purge: {json.dumps(report.as_dict())}" if report else "; run 'adapterkit hub purge' to "
+             "delete its bytes"))
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from ..hub.gc import verify
 
@@ -196,6 +212,12 @@ def _add_admin(hub: Any) -> None:
     p.add_argument("--grace", type=float, help="seconds an uncommitted upload is kept (default: the "
                    "server's --upload-grace, 3600)")
     p.set_defaults(func=_server_errors(cmd_purge))
+    e = hub.add_parser("expunge", help="remove a file from every commit of a repo (its whole history)")
+    _root(e)
+    e.add_argument("repo", help="owner/name")
+    e.add_argument("path", help="the file's path in the repo")
+    e.add_argument("--purge", action="store_true", help="purge right after, so its bytes go too")
+    e.set_defaults(func=_server_errors(cmd_expunge))
     v = hub.add_parser("verify", help="rehash every blob; report missing, corrupt and orphaned ones")
     _root(v)
     v.add_argument("--json", action="store_true", help="one line of JSON")

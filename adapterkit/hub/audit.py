@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from .db.models import Audit, now
 
 ACTIONS = ("create_repo", "push", "pull", "delete_repo", "settings", "create_branch", "delete_branch",
-           "create_tag", "delete_tag", "purge", "token_create", "token_revoke", "member")
+           "create_tag", "delete_tag", "purge", "expunge", "token_create", "token_revoke", "member")
 
 
 def record(session: Session, actor: str, action: str, repo: str | None = None, *,

@@ -132,3 +132,29 @@ def test_verify_reports_missing_corrupt_and_orphaned(hub: Hub, capsys: pytest.Ca
         orphan.unlink(missing_ok=True)
     assert verify(hub.server.hub).ok
     assert main(["hub", "verify", *where]) == 0
+
+
+def test_expunge_removes_a_file_from_all_history(hub: Hub, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    adapter = lora_bert(seed=15)
+    adapter.kit.push("a", "alice/leak", token=hub.alice, endpoint=hub.url)
+    api = HfApi(endpoint=hub.url, token=hub.alice)
+    secret = b"api-key=do-not-share-" + os.urandom(16).hex().encode()
+    leaked = api.upload_file(path_or_fileobj=secret, path_in_repo="notes/secret.txt",
+                             repo_id="alice/leak").oid
+    cleaned = api.delete_file("notes/secret.txt", "alice/leak").oid
+    assert scan(hub.root / "blobs", secret)  # the deleting commit leaves the old one holding it
+    where = ["--root", str(hub.root)] + (["--db", hub.db_url] if hub.db_url else [])
+    assert main(["hub", "expunge", *where, "alice/leak", "notes/secret.txt", "--purge"]) == 0
+    assert "removed notes/secret.txt from 1 commit(s)" in capsys.readouterr().out
+    assert scan(hub.root / "blobs", secret) == []
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("alice/leak", "notes/secret.txt", revision=leaked, endpoint=hub.url, token=hub.alice,
+                        cache_dir=tempfile.mkdtemp(dir=tmp_path))
+    info = HubClient(hub.url, hub.alice).info("alice/leak", leaked)
+    assert info["adapterkit"]["expunged"] == ["notes/secret.txt"]
+    assert "notes/secret.txt" not in {s["rfilename"] for s in info["siblings"]}
+    assert [c.commit_id for c in api.list_repo_commits("alice/leak")][:2] == [cleaned, leaked]
+    assert verify(hub.server.hub).ok
+    assert main(["hub", "expunge", *where, "alice/leak", "notes/secret.txt"]) == 2
+    assert "no commit of alice/leak holds notes/secret.txt" in capsys.readouterr().err
