@@ -64,21 +64,25 @@ def hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         yield start_hub(stack, tmp_path_factory.mktemp(f"hub-{request.param}"), request.param)
 
 
+def point_hf_at(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """In this process, point ``huggingface_hub`` at ``url`` as ``HF_ENDPOINT`` (and
+    ``HF_HUB_DISABLE_XET=1``) do when set before the import: 0.36 reads the endpoint to parse the
+    URLs of new commits even when calls pass ``endpoint=``. ``test_hf_clients.py`` sets the real
+    variables in a process of its own instead."""
+    from huggingface_hub import constants, file_download
+
+    template = url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    for module in (constants, file_download):  # 0.36 copies the template into file_download
+        if hasattr(module, "HUGGINGFACE_CO_URL_TEMPLATE"):
+            monkeypatch.setattr(module, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+
+
 @pytest.fixture(autouse=True)
 def _hf_endpoint(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In this process, point ``huggingface_hub`` at the test's hub as ``HF_ENDPOINT`` does when
-    it is set before the import (0.36 reads it to parse the URLs of new commits even when calls
-    pass ``endpoint=``). The tests of ``test_hf_clients.py`` set the real variable instead."""
     if "hub" in request.fixturenames:
-        from huggingface_hub import constants, file_download
-
-        url = request.getfixturevalue("hub").url
-        template = url + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "ENDPOINT", url)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # as HF_HUB_DISABLE_XET=1 does
-        for module in (constants, file_download):  # 0.36 copies the template into file_download
-            if hasattr(module, "HUGGINGFACE_CO_URL_TEMPLATE"):
-                monkeypatch.setattr(module, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        point_hf_at(monkeypatch, request.getfixturevalue("hub").url)
 
 
 @dataclass
