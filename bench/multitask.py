@@ -1,14 +1,15 @@
 """Multi-task quality of adapters that choose adapters, on MiniLM (all-MiniLM-L6-v2) over SST-2,
 RTE, MRPC and STS-B (GLUE dev sets, ``../shared/data/glue`` or ``$ADAPTERKIT_GLUE``).
 
-Rows: single-task LoRAs; their uniform Average; AdapterFusion over them; a Mixture whose router
-(sequence or token) trains over the four frozen LoRAs on mixed data; a Mixture whose experts
-and router train jointly; Arrow over the four LoRAs (no task ids, no training); Poly/MHR and a
-HyperAdapter trained multi-task (with task ids). One budget for all (``Budget``). Seed 0 runs
-every row; seeds 1 and 2 run the rows of the goals' comparisons that seed 0 puts less than 2
-points apart (``MT_SEEDS=0,1,2`` runs every row for each seed listed). Trained adapters, heads and results are
-cached under ``runs/multitask/`` (``MT_RUNS``), so an interrupted run resumes. Writes the table
-into docs/composition.md (``MT_DOC``) and bench/results/multitask.json. For a quick check of the
+Rows: single-task LoRAs; their uniform Average; AdapterFusion over them; a Mixture whose
+sequence router trains over the four frozen LoRAs on mixed data (``MT_TOKEN=1`` adds one with a
+token router); a Mixture whose experts and router train jointly; Arrow over the four LoRAs (no
+task ids, no training); Poly/MHR and a HyperAdapter trained multi-task (with task ids). One
+budget for all (``Budget``). Seed 0 runs every row; seeds 1 and 2 run the rows of the goals'
+comparisons that seed 0 puts less than 2 points apart (``MT_SEEDS=0,1,2`` runs every row for
+each seed listed). Trained adapters, heads and results are cached under
+``runs/multitask/<budget>/`` (``MT_RUNS``), so an interrupted run resumes. Writes the table into
+docs/composition.md (``MT_DOC``) and bench/results/multitask.json. For a quick check of the
 script only: ``MT_STEPS`` (steps per task) and ``MT_DEV_LIMIT`` (dev examples per task).
 
     python bench/multitask.py          # BENCH_THREADS (default 2) sets the threads
@@ -178,8 +179,10 @@ ROWS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
     "hyper": ("HyperAdapter (LoRA r=8, task/layer dim 32), multi-task", _task_ids("hyper")),
     "mixture_joint": ("Mixture, 4 LoRA experts + sequence router trained jointly", joint),
     "fuse": ("Fuse (AdapterFusion) over the 4 LoRAs, fusion trained on mixed data", fuse),
-    "mixture_token": ("Mixture, token router trained over the 4 frozen LoRAs", _router("token")),
 }
+if os.environ.get("MT_TOKEN") == "1":  # one more run per seed: off by default
+    ROWS["mixture_token"] = ("Mixture, token router trained over the 4 frozen LoRAs",
+                             _router("token"))
 #: the comparisons of the goals: both rows get 3 seeds where seed 0 puts them < 2 points apart
 PAIRS = (("mixture_sequence", "single"), ("mixture_token", "single"), ("arrow", "average"),
          ("poly", "single"), ("hyper", "single"))
@@ -235,8 +238,8 @@ def main() -> int:
 
     threads = pin_threads(int(os.environ.get("BENCH_THREADS", "2")))
     seeds_env = os.environ.get("MT_SEEDS", "auto")
-    runs = Path(os.environ.get("MT_RUNS", ROOT / "runs" / "multitask"))
     budget = Budget(steps_per_task=int(os.environ.get("MT_STEPS", Budget.steps_per_task)))
+    runs = Path(os.environ.get("MT_RUNS", ROOT / "runs" / "multitask")) / budget.tag
     data = load_tasks(int(os.environ["MT_DEV_LIMIT"]) if "MT_DEV_LIMIT" in os.environ else None)
     tok = AutoTokenizer.from_pretrained(model_dir("minilm"))
     if seeds_env == "auto":  # seed 0 for all; seeds 1 and 2 where a comparison is close

@@ -26,11 +26,17 @@ METRICS = {"sst2": ("accuracy",), "rte": ("accuracy",), "mrpc": ("accuracy", "f1
 
 @dataclass(frozen=True)
 class Budget:
-    steps_per_task: int = 100
+    steps_per_task: int = 60
     batch: int = 16
     max_length: int = 64
     lr: float = 2e-3
     fusion_lr: float = 1e-3
+
+    @property
+    def tag(self) -> str:
+        """Names the cache folder of this budget."""
+        return (f"s{self.steps_per_task}-b{self.batch}-l{self.max_length}-lr{self.lr:g}"
+                f"-f{self.fusion_lr:g}")
 
     @property
     def mixed_steps(self) -> int:
