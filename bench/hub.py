@@ -4,7 +4,8 @@
 - ``hf_hub_download`` (huggingface_hub, a fresh cache per call) of a 1 MB and a 30 MB adapter at
   1 and 16 concurrent clients (threads): p50 and p99 latency, throughput, and throughput as a
   ratio to reading the same blob from local disk at the same concurrency (``read``), and to
-  copying it to a new file (``copy``, the work a download also does);
+  copying it to a new file (``copy``, the work a download also does), and a plain ``urllib`` GET
+  of the same file into memory (the server alone);
 - push latency of a 1 MB adapter (``HubClient.push_folder``: preupload, LFS batch, PUT, commit);
 - ``kit.load("hub://...")`` of a 32 MB LoRA on a BERT-base-sized model, cold (empty cache) and
   cached.
@@ -142,6 +143,15 @@ def local_rates(blob: Path, clients: int, calls: int, scratch: Path) -> dict[str
     return out
 
 
+def raw_get(url: str, repo: str, token: str) -> None:
+    """The server alone: one GET of the file, read into memory and dropped (urllib)."""
+    req = urllib.request.Request(f"{url}/{repo}/resolve/main/adapter_model.safetensors",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req) as resp:
+        while resp.read(1 << 20):
+            pass
+
+
 def downloads(url: str, token: str, repo: str, label: str, blob: Path, scratch: Path) -> list[dict[str, Any]]:
     from huggingface_hub import hf_hub_download
 
@@ -159,11 +169,13 @@ def downloads(url: str, token: str, repo: str, label: str, blob: Path, scratch: 
         latencies, wall = concurrent(clients, calls, one)
         rate = clients * calls * blob.stat().st_size / wall
         local = local_rates(blob, clients, calls, scratch)
+        _, raw_wall = concurrent(clients, calls, lambda _i: raw_get(url, repo, token))
         rows.append({"file": label, "clients": clients, "calls": clients * calls,
                      "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * pct(latencies, 0.99),
                      "mb_per_s": rate / 1e6, "local_read_mb_per_s": local["read"] / 1e6,
                      "local_copy_mb_per_s": local["copy"] / 1e6, "ratio_read": rate / local["read"],
-                     "ratio_copy": rate / local["copy"]})
+                     "ratio_copy": rate / local["copy"],
+                     "raw_get_mb_per_s": clients * calls * blob.stat().st_size / raw_wall / 1e6})
     return rows
 
 
@@ -255,10 +267,12 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         rows = [(d["file"], str(d["clients"]), f"{d['p50_ms']:.1f}", f"{d['p99_ms']:.1f}",
                  f"{d['mb_per_s']:.0f}", f"{d['local_read_mb_per_s']:.0f}", f"{d['ratio_read']:.2f}",
-                 f"{d['ratio_copy']:.2f}") for d in res["downloads"]]
+                 f"{d['ratio_copy']:.2f}", f"{d['raw_get_mb_per_s']:.0f}") for d in res["downloads"]]
         out += [f"## {backend}", "", "`hf_hub_download`, a fresh cache per call:", "",
                 table(rows, ("file", "clients", "p50 ms", "p99 ms", "MB/s", "local read MB/s",
-                             "ratio to read", "ratio to copy")), ""]
+                             "ratio to read", "ratio to copy", "raw GET MB/s")), "",
+                "`raw GET`: the same file fetched with a plain `urllib` GET into memory at the same "
+                "concurrency, the server's share without the client's cache writes.", ""]
         p, ld = res["push"], res["load"]
         out += [f"Push of a 1 MB adapter: p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms "
                 f"({p['pushes']} pushes).", "",
