@@ -25,12 +25,21 @@ def _open(args: argparse.Namespace) -> Any:
 def _server_errors(func: Any) -> Any:
     """Run a server-side command, turning the hub's own errors into CLI errors."""
     def run(args: argparse.Namespace) -> int:
-        from ..hub.errors import HubError
-
         try:
+            from sqlalchemy.exc import SQLAlchemyError
+
+            from ..hub.errors import HubError
+
             return int(func(args))
+        except ModuleNotFoundError as exc:
+            raise HubCommandError(f"the hub server needs the hub extra (missing module {exc.name!r}): "
+                                  "pip install 'adapterkit[hub]'") from None
         except HubError as exc:
             raise HubCommandError(exc.message) from None
+        except (SQLAlchemyError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HubCommandError(f"cannot use the hub database {args.db or 'under ' + args.root}: "
+                                  f"{first}") from None
     return run
 
 
@@ -172,7 +181,7 @@ def _add_server(sub: Any) -> None:
     s.add_argument("--collect-every", type=float, default=600.0,
                    help="seconds between collections of expired uploads (0: never; purge does it too)")
     s.add_argument("--log-level", default="info")
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(func=_server_errors(cmd_serve))
     token = hub.add_parser("token", help="create, revoke and list tokens").add_subparsers(
         dest="token_command", required=True)
     c = token.add_parser("create", help="create a token (and the user if missing); prints only the token")

@@ -136,3 +136,11 @@ def test_audit_log_records_who_did_what(repos: Hub, tmp_path: Path) -> None:
     actions = {(r["actor"], r["action"]) for r in rows}
     assert {("alice", "create_repo"), ("alice", "push"), ("bob", "pull")} <= actions
     assert all(r["at"] is not None for r in rows)
+
+
+def test_cli_names_a_database_it_cannot_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for url, words in (("mysql://x/y", "unsupported database URL"),
+                       ("postgresql://nobody@127.0.0.1:1/none", "connection failed")):
+        assert main(["hub", "token", "create", "--root", str(tmp_path), "--db", url, "--user", "a"]) == 2
+        err = capsys.readouterr().err
+        assert "cannot use the hub database" in err and words in err
