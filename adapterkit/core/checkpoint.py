@@ -126,6 +126,14 @@ class TensorEntry:
     end: int
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _count(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
 def _entry(name: str, info: Any, data_len: int) -> TensorEntry:
     """The checked header entry of tensor ``name``; a problem raises ValueError naming it."""
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
@@ -149,10 +157,6 @@ def _entry(name: str, info: Any, data_len: int) -> TensorEntry:
         raise ValueError(f"tensor {name!r}: data_offsets [{begin}, {end}] run past the "
                          f"{data_len} data bytes of the file")
     return TensorEntry(name, DTYPES[dtype][0], tuple(shape), begin, end)
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _entries(header: Any, data_len: int) -> list[TensorEntry]:
@@ -241,10 +245,6 @@ def refuse_non_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 # -- typed fields of JSON configs ---------------------------------------------------------------
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_number(v: Any) -> bool:
     """An int or float that converts to a finite float."""
     if _is_int(v):
@@ -305,6 +305,8 @@ def read_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[
         if key not in meta:
             raise LoadError(f"{d / CONFIG_FILE} lacks the {key!r} entry")
     check_kinds(meta, NATIVE_KINDS, d / CONFIG_FILE)
+    if isinstance(meta.get("base"), dict):
+        check_kinds(meta["base"], BASE_KINDS, d / CONFIG_FILE)
     return meta, read_safetensors(d / WEIGHTS_FILE)
 
 
@@ -312,4 +314,13 @@ def read_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[
 NATIVE_KINDS: dict[str, tuple[Kind, ...]] = {
     "name": (STR,), "config": (OBJECT,), "heads": (STRS,), "base": (OBJECT, NULL),
     "quantization": (OBJECT,),
+}
+#: the kinds of the fields of its ``base`` entry, which the base-model check reads
+BASE_KINDS: dict[str, tuple[Kind, ...]] = {
+    "model_type": (STR, NULL), "layout": (STR, NULL), "fingerprint": (STR, NULL),
+    "sites": (("a list of [host, input] pairs", lambda v: isinstance(v, list) and all(
+        isinstance(s, list) and len(s) == 2 and isinstance(s[0], str)
+        and (s[1] is None or isinstance(s[1], str)) for s in v)),),
+    "shapes": (("an object of integer lists", lambda v: isinstance(v, dict) and all(
+        INTS[1](s) for s in v.values())),),
 }

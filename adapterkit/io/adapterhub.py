@@ -198,17 +198,19 @@ def load_adapterhub(kit: AdapterKit, directory: Path, name: str | None) -> str:
         config = _method_config(kit, cfg, meta.get("version"))
     except (LoadError, ConfigError) as exc:
         raise LoadError(str(exc) if str(source) in str(exc) else f"{source}: {exc}") from None
+    weights = _read_weights(directory)
     chosen = re.sub(r"[^A-Za-z0-9_\-]", "_", name or meta.get("name") or directory.name)
-    record = plan_loaded(kit, chosen, config, source, from_file=name is None)
+    record = plan_loaded(kit, chosen, config, source, name is None,
+                         sum(t.numel() for t in weights.values()))
     hosts = [s.host for s in record.sites]
     found: dict[str, torch.Tensor] = {}
-    for key, t in _read_weights(directory).items():
+    for key, t in weights.items():
         found[_our_key(key, hosts, bool(cfg.get("ln_before"))) or f"(unmapped) {key}"] = t
     problems = _mismatches(adapter_tensors(kit, record), found)
     if problems:
-        weights = next((p for p in (directory / "adapter.safetensors",
-                                    directory / "pytorch_adapter.bin") if p.is_file()), directory)
-        raise LoadError(f"{weights} does not fit this model ({len(problems)} problem(s)):\n  "
+        file = next((p for p in (directory / "adapter.safetensors",
+                                 directory / "pytorch_adapter.bin") if p.is_file()), directory)
+        raise LoadError(f"{file} does not fit this model ({len(problems)} problem(s)):\n  "
                         + "\n  ".join(problems))
     install(kit, record, found)
     return record.name

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from ..core.checkpoint import (
     CONFIG_FILE,
@@ -105,13 +107,50 @@ def _mismatches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
     return sorted(problems)
 
 
-def plan_loaded(kit: AdapterKit, name: str, config: Any, source: Path,
-                from_file: bool) -> AdapterRecord:
+def _meta_twin(kit: AdapterKit) -> AdapterKit | None:
+    """A kit on a copy of the model whose parameters and buffers are meta tensors (shapes, no
+    storage), or None where the model does not copy so."""
+    memo: dict[int, Any] = {}
+    try:
+        for t in (*kit.model.parameters(), *kit.model.buffers()):
+            meta = torch.empty_like(t, device="meta")
+            memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+        return type(kit)(copy.deepcopy(kit.model, memo))
+    except Exception:  # an attribute that does not copy: no twin, and no size check
+        return None
+
+
+#: adapters up to this many values that do not fit their weights file are built, so that every
+#: mismatch is reported tensor by tensor; larger ones are refused before they are built
+BUILD_TO_REPORT = 2**24
+
+
+def _check_size(kit: AdapterKit, name: str, config: Any, source: Path, values: int) -> None:
+    """Refuse a config whose adapter holds more values than both the weights file (``values``)
+    and ``BUILD_TO_REPORT``, by planning it on a meta twin of the model, before anything of its
+    size is allocated."""
+    twin = _meta_twin(kit)
+    if twin is None:
+        return
+    try:
+        probe = twin.plan(name, config)
+    except Exception:  # a method that does not build on meta tensors; the real plan decides
+        return
+    need = sum(t.numel() for m in probe.modules.values() for t in m.state_dict().values())
+    if need > max(values, BUILD_TO_REPORT):
+        raise LoadError(f"{source}: the adapter it describes holds {need} values, more than the "
+                        f"{values} of its weights file (a corrupt config, or one for a larger "
+                        "model)")
+
+
+def plan_loaded(kit: AdapterKit, name: str, config: Any, source: Path, from_file: bool,
+                values: int) -> AdapterRecord:
     """``kit.plan(name, config)`` for a loader whose config comes from the file ``source`` (and
-    the name too when ``from_file``). A name already taken, or a bad name the caller gave, raises
-    AdapterNameError, a config that fails once built ConfigError; any other failure (a bad name in
-    the file, targets this model lacks, an adapter too large to build) raises LoadError, each
-    naming ``source``."""
+    the name too when ``from_file``) and whose weights file holds ``values`` numbers. A name
+    already taken, or a bad name the caller gave, raises AdapterNameError, a config that fails
+    once built ConfigError; any other failure (a bad name in the file, targets this model lacks,
+    an adapter larger than the weights file) raises LoadError, each naming ``source``."""
+    _check_size(kit, name, config, source, values)
     try:
         return kit.plan(name, config)
     except AdapterNameError as exc:
@@ -122,21 +161,43 @@ def plan_loaded(kit: AdapterKit, name: str, config: Any, source: Path,
         raise ConfigError(f"{source}: {exc}") from None
     except (AdapterError, ValueError) as exc:
         raise LoadError(f"{source}: the adapter it describes does not fit this model: {exc}") from None
-    except (RuntimeError, MemoryError) as exc:
+    except (TypeError, OverflowError, RuntimeError, MemoryError) as exc:  # sizes torch refuses
         raise LoadError(f"{source}: building the adapter it describes failed "
                         f"({type(exc).__name__}: {str(exc)[:300]})") from None
 
 
-def _plan_from_meta(kit: AdapterKit, meta: dict[str, Any], name: str | None,
-                    directory: Path) -> AdapterRecord:
+def _explosive(config: Any) -> str | None:
+    """The first string in a JSON config that is a regular expression whose matching time can
+    explode (targets are matched against every module path), or None."""
+    from .peft_keys import nested_repeat
+
+    todo = [config]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, str) and nested_repeat(value):
+            return value
+        if isinstance(value, dict):
+            todo += value.values()
+        elif isinstance(value, list):
+            todo += value
+    return None
+
+
+def _plan_from_meta(kit: AdapterKit, meta: dict[str, Any], name: str | None, directory: Path,
+                    tensors: dict[str, torch.Tensor]) -> AdapterRecord:
     source = directory / CONFIG_FILE
+    pattern = _explosive(meta["config"])
+    if pattern is not None:
+        raise LoadError(f"{source}: the pattern {pattern!r:.100} repeats a group that holds a repeat "
+                        "or an alternative; matching it can take exponential time")
     try:
         config = config_from_dict(meta["config"])
         if hasattr(config, "relocated"):  # a config naming a file (EigenLoRA's basis) finds it
             config = config.relocated(directory)
     except (ConfigError, TypeError, ValueError) as exc:
         raise LoadError(f"{source}: bad method config: {exc}") from None
-    record = plan_loaded(kit, name or meta["name"], config, source, from_file=name is None)
+    values = sum(t.numel() for t in tensors.values())
+    record = plan_loaded(kit, name or meta["name"], config, source, name is None, values)
     heads = meta.get("heads", [])
     missing = [h for h in heads if h not in kit.finder().modules]
     if missing:
@@ -172,13 +233,14 @@ def load_adapter(kit: AdapterKit, directory: str | os.PathLike, name: str | None
 
         tensors = dequantize_checkpoint(meta, tensors, str(d / WEIGHTS_FILE))
     refuse_non_finite(tensors, d / WEIGHTS_FILE)
-    record = _plan_from_meta(kit, meta, name, d)
+    record = _plan_from_meta(kit, meta, name, d, tensors)
     problems = _mismatches(adapter_tensors(kit, record), tensors)
     if problems:
         raise _misfit(d, problems, meta, model_type_of(kit.model))
     base = base_problems(kit, meta)  # tensors that fit a base of other shapes, before attaching
     if base:
-        raise LoadError(f"{d} was saved from another base model:\n  " + "\n  ".join(base))
+        raise LoadError(f"{d / CONFIG_FILE} was saved from another base model:\n  "
+                        + "\n  ".join(base))
     install(kit, record, tensors)
     return record.name
 

@@ -178,7 +178,8 @@ def _default_name(d: Path) -> str:
 
 def _plan(kit: AdapterKit, config: Any, cfg: dict[str, Any], d: Path, name: str | None,
           found: dict[str, torch.Tensor]) -> AdapterRecord:
-    record = plan_loaded(kit, name or _default_name(d), config, d / CONFIG_FILE, from_file=False)
+    values = sum(t.numel() for t in found.values())
+    record = plan_loaded(kit, name or _default_name(d), config, d / CONFIG_FILE, False, values)
     from .peft_prompt import HEAD_PREFIX, TYPES
 
     heads = saved_paths(kit.finder().modules, saved_names(cfg))

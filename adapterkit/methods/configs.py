@@ -60,6 +60,8 @@ def _fits(value: Any, hint: Any) -> bool:
             return hint is int or abs(value) <= sys.float_info.max
         return hint is float and isinstance(value, float) and math.isfinite(value)
     if origin is tuple:
+        if args == (str, Ellipsis) and isinstance(value, str):
+            return True  # one name: every such field takes it as a tuple of one
         if not isinstance(value, (list, tuple)):
             return False
         if len(args) == 2 and args[1] is Ellipsis:
@@ -68,9 +70,14 @@ def _fits(value: Any, hint: Any) -> bool:
     return True
 
 
+def _describe(hint: Any) -> str:
+    plain = isinstance(hint, type) and not typing.get_args(hint)
+    return hint.__name__ if plain else str(hint).replace("typing.", "")
+
+
 def _wrong_types(cls: type, values: dict[str, Any]) -> list[str]:
     hints = typing.get_type_hints(cls)
-    return [f"{cls.__name__}.{k} must be {str(hints[k]).replace('typing.', '')}, got {v!r:.80}"
+    return [f"{cls.__name__}.{k} must be {_describe(hints[k])}, got {v!r:.80}"
             for k, v in values.items() if not _fits(v, hints[k])]
 
 
