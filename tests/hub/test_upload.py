@@ -22,7 +22,7 @@ from adapterkit.hub.db.models import Blob, Upload
 from adapterkit.hub.gc import collect_expired, purge, verify
 from adapterkit.io.hub import HubClient
 
-from .conftest import Hub, lora_bert, start_hub
+from .conftest import Hub, lora_bert, point_hf_at, start_hub
 from .raw import raw
 
 
@@ -114,18 +114,21 @@ def pickle_hub(hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[H
         yield start_hub(stack, tmp_path_factory.mktemp("pickle"), hub.backend, allow_pickle=True)
 
 
-def test_pickle_files_are_refused_unless_allowed(hub: Hub, pickle_hub: Hub) -> None:
+def test_pickle_files_are_refused_unless_allowed(hub: Hub, pickle_hub: Hub,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    lora_bert(seed=25).kit.push("a", "alice/pickles", token=hub.alice, endpoint=hub.url)
     for name in ("pytorch_model.bin", "adapter.pt", "x/state.pkl"):
         with pytest.raises(HfHubHTTPError) as err:
             HfApi(endpoint=hub.url, token=hub.alice).upload_file(
-                path_or_fileobj=b"\x80\x04pickle", path_in_repo=name, repo_id="alice/ranges")
+                path_or_fileobj=b"\x80\x04pickle", path_in_repo=name, repo_id="alice/pickles")
         assert err.value.response.status_code == 422
         assert err.value.response.headers["X-Error-Code"] == "FileRefused"
         assert "--allow-pickle" in str(err.value)
     line = {"key": "file", "value": {"path": "model.bin", "content": "gARpY2tsZQ=="}}
     body = json.dumps({"key": "header", "value": {"summary": "s"}}) + "\n" + json.dumps(line) + "\n"
-    reply = raw(hub, "POST", "/api/models/alice/ranges/commit/main", token=hub.alice, body=body.encode())
+    reply = raw(hub, "POST", "/api/models/alice/pickles/commit/main", token=hub.alice, body=body.encode())
     assert (reply.status, reply.headers["X-Error-Code"]) == (422, "FileRefused")
+    point_hf_at(monkeypatch, pickle_hub.url)
     api = HfApi(endpoint=pickle_hub.url, token=pickle_hub.alice)
     api.create_repo("alice/legacy")
     api.upload_file(path_or_fileobj=b"\x80\x04pickle", path_in_repo="pytorch_model.bin",
@@ -160,9 +163,10 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(hub: Hub) -> None:
 
 
 def test_staged_but_uncommitted_blobs_are_collected(hub: Hub) -> None:
+    lora_bert(seed=27).kit.push("a", "alice/staged", token=hub.alice, endpoint=hub.url)
     data = b"uploaded, never committed " * 1000
     oid = hashlib.sha256(data).hexdigest()
-    href = batch(hub, "alice/interrupted", oid, len(data))["actions"]["upload"]["href"]
+    href = batch(hub, "alice/staged", oid, len(data))["actions"]["upload"]["href"]
     import urllib.request
 
     with urllib.request.urlopen(urllib.request.Request(href, data=data, method="PUT")) as resp:
@@ -184,15 +188,16 @@ def test_xet_clients_are_told_to_disable_xet(hub: Hub, monkeypatch: pytest.Monke
         pytest.skip(f"huggingface_hub {huggingface_hub.__version__} uploads over LFS unless the server "
                     "asks for Xet")
     pytest.importorskip("hf_xet", reason="the Xet path needs hf_xet")
+    lora_bert(seed=26).kit.push("a", "alice/xet", token=hub.alice, endpoint=hub.url)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
     with pytest.raises(Exception, match="501"):  # hf_xet's own error names the status only
         HfApi(endpoint=hub.url, token=hub.alice).upload_file(
-            path_or_fileobj=b"\x00" * 100, path_in_repo="x.safetensors", repo_id="alice/ranges")
+            path_or_fileobj=b"\x00" * 100, path_in_repo="x.safetensors", repo_id="alice/xet")
     files = {"files": [{"path": "x.safetensors", "sample": "", "size": 100}]}
     for agent, hinted in (("unknown/None; hf_hub/2.4.0; python/3.11", True),
                           ("unknown/None; hf_hub/0.36.2; python/3.11", False)):
-        reply = raw(hub, "POST", "/api/models/alice/ranges/preupload/main", token=hub.alice, json_body=files,
+        reply = raw(hub, "POST", "/api/models/alice/xet/preupload/main", token=hub.alice, json_body=files,
                     headers={"User-Agent": agent})
         assert ("HF_HUB_DISABLE_XET=1" in reply.headers.get("X-HF-Warning", "")) is hinted
-    reply = raw(hub, "GET", "/api/models/alice/ranges/xet-write-token/main", token=hub.alice)
+    reply = raw(hub, "GET", "/api/models/alice/xet/xet-write-token/main", token=hub.alice)
     assert reply.status == 501 and "HF_HUB_DISABLE_XET=1" in reply.headers["X-Error-Message"]
