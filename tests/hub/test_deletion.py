@@ -3,6 +3,7 @@ no remaining commit references; ``verify`` finds missing, corrupt and orphaned b
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -37,7 +38,8 @@ def weights_of(hub: Hub, repo: str) -> bytes:
     return Path(path).read_bytes()[-256:]
 
 
-def test_purged_repo_leaves_no_url_commit_or_byte(hub: Hub, tmp_path: Path) -> None:
+def test_purged_repo_leaves_no_url_commit_or_byte(hub: Hub, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     adapter = lora_bert(seed=11)
     first = adapter.kit.push("a", "alice/doomed", token=hub.alice, endpoint=hub.url)
     api = HfApi(endpoint=hub.url, token=hub.alice)
@@ -47,8 +49,10 @@ def test_purged_repo_leaves_no_url_commit_or_byte(hub: Hub, tmp_path: Path) -> N
     commits = [c.commit_id for c in api.list_repo_commits("alice/doomed")]
     assert scan(hub.root / "blobs", needle)
     api.delete_repo("alice/doomed")
-    report = purge(hub.server.hub, grace_s=0)
-    assert report.blobs >= 3 and report.bytes > 0
+    where = ["--root", str(hub.root)] + (["--db", hub.db_url] if hub.db_url else [])
+    assert main(["hub", "purge", *where, "--grace", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["blobs"] >= 3 and report["bytes"] > 0
     assert scan(hub.root / "blobs", needle) == []
     assert scan(hub.root / "staging", needle) == []
     for rev in ["main", "v1", "dev", first, *commits]:
