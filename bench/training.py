@@ -1,0 +1,181 @@
+"""Training step time, peak memory and checkpoint size of adapterkit's LoRA beside PEFT's on
+SmolLM2-135M-Instruct: LoRA r=16 on every linear layer, batch 4 x 256 tokens, AdamW, for an fp32
+base, an fp32 base under ``torch.autocast("cpu", torch.bfloat16)`` and a bitsandbytes NF4 base,
+each with gradient checkpointing off and on.
+
+    python bench/training.py     # writes bench/results/training.{json,md,png}
+    TRAIN_BENCH_STEPS=3 TRAIN_BENCH_WARMUP=1   # timed and untimed steps per case (defaults)
+
+Every case runs in its own process (so that its peak memory is its own), adapterkit and PEFT
+one after the other for each configuration. s/step is the median of the timed steps; peak
+memory is the largest resident set sampled during the steps (MiB, base model included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+STEPS = int(os.environ.get("TRAIN_BENCH_STEPS", "3"))
+WARMUP = int(os.environ.get("TRAIN_BENCH_WARMUP", "1"))
+CONFIGS = [(base, ckpt) for base in ("fp32", "bf16-autocast", "nf4") for ckpt in (False, True)]
+BATCH, LENGTH, RANK = 4, 256, 16
+
+
+def _model(base: str) -> Any:
+    import torch
+    import transformers as T
+
+    from adapterkit.train.smollm2 import smollm2_dir
+
+    path = str(smollm2_dir())
+    if base == "nf4":
+        q = T.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                 bnb_4bit_compute_dtype=torch.float32)
+        return T.AutoModelForCausalLM.from_pretrained(path, quantization_config=q, device_map="cpu")
+    return T.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def _adapt(model: Any, library: str) -> tuple[Any, list[Any], Any]:
+    if library == "adapterkit":
+        import adapterkit as ak
+
+        kit = ak.AdapterKit(model)
+        kit.add("a", ak.LoRA(r=RANK, alpha=2 * RANK, targets=("all-linear",)))
+        return model, kit.train("a"), lambda d: kit.save("a", d)
+    from peft import LoraConfig, get_peft_model
+
+    peft = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK,
+                                            target_modules="all-linear", lora_dropout=0.0))
+    return peft, [p for p in peft.parameters() if p.requires_grad], peft.save_pretrained
+
+
+def case(library: str, base: str, ckpt: bool) -> dict[str, Any]:
+    """One configuration in this process."""
+    import torch
+    from common import peak_rss_growth, pin_threads, rss_mib
+
+    pin_threads()
+    warnings.filterwarnings("ignore")
+    model = _model(base)
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model, params, save = _adapt(model, library)
+    model.train()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    ids = torch.randint(5, 49000, (BATCH, LENGTH), generator=torch.Generator().manual_seed(0))
+    times: list[float] = []
+
+    def step() -> None:
+        t0 = time.perf_counter()
+        if base == "bf16-autocast":
+            with torch.autocast("cpu", torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
+        else:
+            loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+
+    for _ in range(WARMUP):  # optimizer state, kernels
+        step()
+    times.clear()
+    before = rss_mib()
+    growth = peak_rss_growth(step, STEPS)
+    with tempfile.TemporaryDirectory() as d:
+        save(d)
+        size = sum(f.stat().st_size for f in Path(d).iterdir() if f.suffix == ".safetensors")
+    return {"library": library, "base": base, "checkpointing": ckpt,
+            "s_per_step": statistics.median(times), "steps": times,
+            "peak_mib": before + growth, "checkpoint_bytes": size,
+            "trainable": sum(p.numel() for p in params)}
+
+
+def _run(library: str, base: str, ckpt: bool) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--case", library, base, str(int(ckpt))]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{library} {base} ckpt={ckpt} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    from common import table
+
+    ratios, lines = [], []
+    for base, ckpt in CONFIGS:
+        ours, peft = (next(r for r in rows if r["library"] == lib and r["base"] == base
+                           and r["checkpointing"] == ckpt) for lib in ("adapterkit", "peft"))
+        t, m = ours["s_per_step"] / peft["s_per_step"], ours["peak_mib"] / peft["peak_mib"]
+        ratios.append({"base": base, "checkpointing": ckpt, "time_ratio": t, "memory_ratio": m})
+        lines.append((base, "on" if ckpt else "off", f"{ours['s_per_step']:.2f}",
+                      f"{peft['s_per_step']:.2f}", f"{t:.2f}", f"{ours['peak_mib']:.0f}",
+                      f"{peft['peak_mib']:.0f}", f"{m:.2f}"))
+    ours_b = rows[0]["checkpoint_bytes"]
+    peft_b = next(r for r in rows if r["library"] == "peft")["checkpoint_bytes"]
+    head = ("base", "checkpointing", "ours s/step", "PEFT s/step", "time ours/PEFT",
+            "ours peak MiB", "PEFT peak MiB", "memory ours/PEFT")
+    md = (f"SmolLM2-135M-Instruct, LoRA r={RANK} on every linear layer, batch {BATCH} x {LENGTH} "
+          f"tokens, AdamW; median of {STEPS} timed step(s) after {WARMUP} untimed, one process "
+          "per case.\n\n"
+          + table(lines, head) + f"\n\nCheckpoint bytes: adapterkit {ours_b:,}, PEFT {peft_b:,} "
+          f"({rows[0]['trainable']:,} trainable parameters).\n")
+    return md, ratios
+
+
+def plot(ratios: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['base']}\nckpt {'on' if r['checkpointing'] else 'off'}" for r in ratios]
+    x = range(len(ratios))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.bar([i - 0.2 for i in x], [r["time_ratio"] for r in ratios], 0.4, label="s/step")
+    ax.bar([i + 0.2 for i in x], [r["memory_ratio"] for r in ratios], 0.4, label="peak memory")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("adapterkit / PEFT")
+    ax.set_title("LoRA training on SmolLM2-135M (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    from common import RESULTS, write
+
+    rows = []
+    for base, ckpt in CONFIGS:
+        for library in ("adapterkit", "peft"):
+            rows.append(_run(library, base, ckpt))
+            print(f"{library} {base} ckpt={ckpt}: {rows[-1]['s_per_step']:.2f} s/step, "
+                  f"{rows[-1]['peak_mib']:.0f} MiB", flush=True)
+    md, ratios = report(rows)
+    write("training", {"steps": STEPS, "rows": rows, "ratios": ratios})
+    (RESULTS / "training.md").write_text(md)
+    plot(ratios, RESULTS / "training.png")
+    print(md)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--case":
+        print(json.dumps(case(sys.argv[2], sys.argv[3], sys.argv[4] == "1")))
+    else:
+        main()
