@@ -113,9 +113,10 @@ class Engine:
             seq.pinned = True
             self.scheduler.add(seq)
 
-    def _drain(self, block: bool) -> None:
+    def _drain(self, wait: float) -> None:
+        """Apply the control messages; with nothing queued, wait up to ``wait`` seconds for one."""
         try:
-            item = self.control.get(timeout=0.5) if block else self.control.get_nowait()
+            item = self.control.get(timeout=wait) if wait > 0 else self.control.get_nowait()
         except queue.Empty:
             return
         while item is not None:
@@ -132,7 +133,10 @@ class Engine:
     def _loop(self) -> None:
         while not self._stop:
             try:
-                self._drain(block=not (self.running or self.scheduler.waiting))
+                # idle, or only sequences that cannot start (cold adapters, the cap): sleep until
+                # a control message (a load finishing, a new request) or a timeout check is due
+                wait = 0.0 if self.running else 0.02 if self.scheduler.waiting else 0.5
+                self._drain(wait)
                 if self._stop:
                     break
                 self._step()
@@ -256,7 +260,12 @@ class Engine:
                     self.metrics.first_token(seq)
                 else:
                     self.metrics.inter_token(now - (seq.last_token or now))
-            seq.take(choice, now, self.eos, self.max_model_len)
+            text = seq.take(choice, now, self.eos, self.max_model_len)
+            if self.metrics is not None:  # counted before the client can see the token
+                self.metrics.generation_tokens.inc()
+                if seq.finished is not None:
+                    self.metrics.finished(seq, seq.finished)
+            seq.emit_token(choice, text)
 
     def _finish_rows(self) -> None:
         done = [s for s in self.running if s.finished is not None]
@@ -276,8 +285,6 @@ class Engine:
         if seq.pinned:
             self.cache.release(seq.selection.digests)
         seq.pinned = False
-        if self.metrics is not None and reason != "abort":
-            self.metrics.finished(seq, reason)
 
     def _fail(self, seq: Sequence, error: ServeError) -> None:
         seq.finished = "error"

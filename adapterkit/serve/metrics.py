@@ -73,7 +73,6 @@ class Metrics:
         self.tpot.observe(seconds)
 
     def finished(self, seq: Sequence, reason: str) -> None:
-        self.generation_tokens.inc(len(seq.output))
         self.success.labels(self.model_name, reason).inc()
         self.e2e.observe(time.perf_counter() - seq.arrival)
 

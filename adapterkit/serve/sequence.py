@@ -69,8 +69,9 @@ class Sequence:
             return []
         return ([] if p.ignore_eos else list(eos)) + list(p.stop_token_ids)
 
-    def take(self, choice: TokenChoice, now: float, eos: set[int], max_len: int) -> None:
-        """Append the chosen token, decide whether the sequence ends, and emit the new text."""
+    def take(self, choice: TokenChoice, now: float, eos: set[int], max_len: int) -> str:
+        """Append the chosen token and decide whether the sequence ends; returns the text that
+        may be handed out now (``emit_token`` sends it)."""
         token, p = choice.token, self.params
         self.output.append(token)
         if self.first_token is None:
@@ -88,6 +89,10 @@ class Sequence:
             self.finished = "length"
         if self.finished is not None:
             text += self.text.flush()
-        self.emit(text=text, tokens=[token], logprobs=[choice] if p.logprobs is not None else [],
+        return text
+
+    def emit_token(self, choice: TokenChoice, text: str) -> None:
+        self.emit(text=text, tokens=[choice.token],
+                  logprobs=[choice] if self.params.logprobs is not None else [],
                   finish_reason=self.finished, stop_reason=self.stop_reason,
                   prompt_tokens=len(self.prompt), completion_tokens=len(self.output))

@@ -73,13 +73,15 @@ def test_prefill_budget_loading_and_static() -> None:
         SchedulerConfig(policy="fifo")
 
 
-def _metric(url: str, name: str, **labels: str) -> float:
+def _metric(url: str, name: str, default: float | None = None, **labels: str) -> float:
     text = http(url + "/metrics")[1]
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
-    raise KeyError(name)
+    if default is None:
+        raise KeyError(name)
+    return default
 
 
 def _wait(predicate: Any, seconds: float = 30) -> None:
@@ -89,63 +91,92 @@ def _wait(predicate: Any, seconds: float = 30) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def narrow(dirs: dict) -> Any:
-    """One row and one waiting request."""
-    srv = ServerThread(options(dirs, ["lora"], max_num_seqs=1, max_waiting=1))
-    yield srv
-    srv.stop()
+def _held(dirs: dict, **scheduler: Any) -> tuple[ServerThread, threading.Event]:
+    """A server whose ``lora`` is registered but not resident (the budget holds one adapter,
+    ``ia3``), with its loader held until the returned event is set: requests for ``lora`` wait
+    in the queue for as long as the test wants."""
+    probe = ServerThread(options(dirs, ["lora"]))
+    budget = next(iter(probe.state.engine.cache.resident.values())).nbytes
+    probe.stop()
+    opts = options(dirs, ["lora", "ia3"], **scheduler)
+    opts.max_resident_bytes = budget
+    srv = ServerThread(opts)
+    cache = srv.state.engine.cache
+    assert [r.method for r in cache.resident.values()] == ["ia3"]
+    gate, original = threading.Event(), cache._load
+
+    def held(*args: Any) -> Any:
+        assert gate.wait(60)
+        return original(*args)
+
+    cache._load = held  # type: ignore[method-assign]
+    return srv, gate
 
 
-def _long_stream(client: Any) -> Any:
-    return client.completions.create(model="lora", prompt="w1 w2", max_tokens=200,
-                                     temperature=0, stream=True, extra_body={"ignore_eos": True})
-
-
-def test_disconnect_frees_the_row(narrow: Any) -> None:
-    client = client_for(narrow.url)
-    stream = _long_stream(client)
-    for i, _ in enumerate(stream):
-        if i == 2:
-            break
-    assert _metric(narrow.url, "vllm:num_requests_running") == 1
-    stream.response.close()  # the client goes away mid-stream
-    _wait(lambda: _metric(narrow.url, "vllm:num_requests_running") == 0)
-    r = client.completions.create(model=MODEL_ID, prompt="w3", max_tokens=4,
-                                  extra_body={"ignore_eos": True})
-    assert r.usage.completion_tokens == 4  # the freed row serves the next request
-
-
-def test_full_queue_answers_429(narrow: Any) -> None:
-    client = client_for(narrow.url)
-    stream = _long_stream(client)
-    next(iter(stream))
-    waiting: dict = {}
-    t = threading.Thread(target=lambda: waiting.update(r=http(
-        narrow.url + "/v1/completions", "POST", {"model": MODEL_ID, "prompt": "w4"})))
+def _post(url: str, out: dict, model: str) -> threading.Thread:
+    t = threading.Thread(target=lambda: out.update(r=http(url + "/v1/completions", "POST", {
+        "model": model, "prompt": "w4", "max_tokens": 3, "ignore_eos": True})))
     t.start()
-    _wait(lambda: _metric(narrow.url, "vllm:num_requests_waiting") == 1)
-    with pytest.raises(openai.RateLimitError) as exc:
-        client.completions.create(model=MODEL_ID, prompt="w5", max_tokens=2)
-    assert exc.value.status_code == 429 and "queue is full" in str(exc.value)
-    stream.response.close()
-    t.join(timeout=30)
-    assert waiting["r"][0] == 200  # served once the row was free
-    _wait(lambda: _metric(narrow.url, "vllm:num_requests_running") == 0)
+    return t
+
+
+def test_disconnect_frees_the_row(dirs: dict) -> None:
+    """One row: a stream is cut by its client while the engine is held mid-decode; the row is
+    free at the next step (the request counts as aborted, not finished) and serves the next."""
+    srv = ServerThread(options(dirs, ["lora"], max_num_seqs=1))
+    try:
+        client = client_for(srv.url)
+        done_before = _metric(srv.url, "vllm:request_success_total", 0.0, finished_reason="length")
+        stream = client.completions.create(model="lora", prompt="w1 w2", max_tokens=250,
+                                           temperature=0, stream=True,
+                                           extra_body={"ignore_eos": True})
+        next(iter(stream))
+        pause = threading.Event()
+        srv.state.engine.call(lambda: pause.wait(60))  # the engine stops between two steps
+        assert _metric(srv.url, "vllm:num_requests_running") == 1
+        stream.response.close()  # the client goes away mid-stream
+        time.sleep(0.2)  # the server's stream notices before the engine goes on
+        pause.set()
+        _wait(lambda: _metric(srv.url, "vllm:num_requests_running") == 0)
+        assert _metric(srv.url, "vllm:request_success_total", 0.0, finished_reason="length") == \
+            done_before  # aborted at the next step, not run to its 250 tokens
+        r = client.completions.create(model=MODEL_ID, prompt="w3", max_tokens=4,
+                                      extra_body={"ignore_eos": True})
+        assert r.usage.completion_tokens == 4  # the freed row serves the next request
+    finally:
+        srv.stop()
+
+
+def test_full_queue_answers_429(dirs: dict) -> None:
+    srv, gate = _held(dirs, max_waiting=1)
+    try:
+        waiting: dict = {}
+        t = _post(srv.url, waiting, "lora")  # waits for its adapter
+        _wait(lambda: _metric(srv.url, "vllm:num_requests_waiting") == 1)
+        client = client_for(srv.url)
+        with pytest.raises(openai.RateLimitError) as exc:
+            client.completions.create(model="ia3", prompt="w5", max_tokens=2)
+        assert exc.value.status_code == 429 and "queue is full" in str(exc.value)
+        gate.set()
+        t.join(timeout=60)
+        assert waiting["r"][0] == 200  # served once its adapter arrived
+        assert client.completions.create(model="ia3", prompt="w5", max_tokens=2).choices
+    finally:
+        gate.set()
+        srv.stop()
 
 
 def test_queue_timeout(dirs: dict) -> None:
-    srv = ServerThread(options(dirs, [], max_num_seqs=1, queue_timeout=0.1))
+    srv, gate = _held(dirs, queue_timeout=0.2)
     try:
-        client = client_for(srv.url)
-        stream = client.completions.create(model=MODEL_ID, prompt="w1", max_tokens=250,
-                                           stream=True, extra_body={"ignore_eos": True})
-        next(iter(stream))
-        status, text = http(srv.url + "/v1/completions", "POST",
-                            {"model": MODEL_ID, "prompt": "w4", "max_tokens": 2})
+        out: dict = {}
+        _post(srv.url, out, "lora").join(timeout=60)
+        status, text = out["r"]
         assert status == 503 and "--queue-timeout" in text
-        stream.response.close()
+        assert http(srv.url + "/v1/completions", "POST", {  # the others are served meanwhile
+            "model": "ia3", "prompt": "w4", "max_tokens": 2})[0] == 200
     finally:
+        gate.set()
         srv.stop()
 
 
