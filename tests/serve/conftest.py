@@ -5,8 +5,11 @@ server on 127.0.0.1 at a free port, the official ``openai`` client, and referenc
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +93,20 @@ def http(url: str, method: str = "GET", body: Any = None, raw: bytes | None = No
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+@contextmanager
+def paused(server: Any) -> Iterator[None]:
+    """The server's engine held between two steps for the block (nothing decodes meanwhile)."""
+    reached, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        reached.set()
+        gate.wait(120)
+
+    server.state.engine.call(hold)
+    assert reached.wait(60)
+    try:
+        yield
+    finally:
+        gate.set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 import adapterkit as ak
 
 from ..models import build
-from .conftest import MODEL_ID, http
+from .conftest import MODEL_ID, http, paused
 
 
 def _load(url: str, name: str, path: Any) -> tuple[int, str]:
@@ -71,12 +72,17 @@ def test_unload_in_use_finishes_its_requests(server: Any, client: Any, dirs: dic
     parts, unloaded = [], {}
     for i, chunk in enumerate(stream):
         parts.append(chunk.choices[0].text)
-        if i == 2:
-            t = threading.Thread(target=lambda: unloaded.update(r=_unload(server.url, "busy")))
-            t.start()
-            t.join()
-            with pytest.raises(openai.NotFoundError):  # new requests: gone at once
-                _greedy(client, "busy")
+        if i == 2:  # the engine held: the request is certainly still running
+            with paused(server):
+                t = threading.Thread(target=lambda: unloaded.update(r=_unload(server.url, "busy")))
+                t.start()
+                deadline = time.monotonic() + 60
+                while server.state.engine.cache.lookup("busy") is not None:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+                with pytest.raises(openai.NotFoundError):  # new requests: gone at once
+                    _greedy(client, "busy")
+            t.join(timeout=60)
     assert unloaded["r"][0] == 200 and "".join(parts) == want
 
 

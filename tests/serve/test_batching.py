@@ -5,11 +5,12 @@ requests that join while others are decoding."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import adapterkit as ak
 
-from .conftest import MODEL_ID
+from .conftest import MODEL_ID, paused
 
 N = 24
 PROMPTS = {MODEL_ID: "w1 w2 w3", "lora": "w4 w5 w6 w7", "lora2": "w8 w9", "ia3": "w10 w11 w12",
@@ -43,6 +44,13 @@ def _concurrently(calls: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _wait_for(predicate: Any) -> None:
+    deadline = time.monotonic() + 60
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
 def test_adapters_differ(reference: Any) -> None:
     """Each adapter changes the greedy continuation, so the equality below can fail."""
     base = reference.tokens(MODEL_ID, PROMPTS[MODEL_ID], N)
@@ -52,9 +60,10 @@ def test_adapters_differ(reference: Any) -> None:
             assert len(set(reference.tokens(name, PROMPTS[name], N))) > 1, name
 
 
-def test_concurrent_requests_equal_each_alone(client: Any, reference: Any) -> None:
-    """A long stream starts first; once it has 5 tokens the other requests (every adapter kind
-    and two compositions) join it mid-decode; every output equals its request alone."""
+def test_concurrent_requests_equal_each_alone(server: Any, client: Any, reference: Any) -> None:
+    """A long stream starts first; once it has 5 tokens the engine is held until the other
+    requests (every adapter kind and two compositions) wait, so all of them join it mid-decode;
+    every output equals its request alone."""
     long = client.completions.create(model="lora", prompt="w30 w31", max_tokens=60,
                                      temperature=0, stream=True, logprobs=0,
                                      extra_body={"ignore_eos": True})
@@ -67,9 +76,11 @@ def test_concurrent_requests_equal_each_alone(client: Any, reference: Any) -> No
     for chunk in long:
         if chunk.choices and chunk.choices[0].logprobs:
             got_long += chunk.choices[0].logprobs.tokens
-        if len(got_long) == 5 and joiner is None:
-            joiner = threading.Thread(target=lambda: results.update(_concurrently(calls)))
-            joiner.start()
+        if len(got_long) >= 5 and joiner is None:
+            with paused(server):
+                joiner = threading.Thread(target=lambda: results.update(_concurrently(calls)))
+                joiner.start()
+                _wait_for(lambda: server.state.engine.waiting_count() == len(calls))
     assert joiner is not None
     joiner.join(timeout=180)
     assert got_long == reference.tokens("lora", "w30 w31", 60)

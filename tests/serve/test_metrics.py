@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapterkit.serve import ServerThread
 
-from .conftest import client_for, http, options
+from .conftest import client_for, http, options, paused
 
 VLLM = ["vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
         "vllm:lora_requests_info", "vllm:prompt_tokens", "vllm:generation_tokens",
@@ -46,7 +46,8 @@ def test_metrics_parse_and_move(server: Any, client: Any) -> None:
                                        temperature=0, stream=True, extra_body={"ignore_eos": True})
     chunks = iter(stream)
     next(chunks)
-    _, during = _samples(server.url)
+    with paused(server):  # the request is still running while the metrics are read
+        _, during = _samples(server.url)
     info = [dict(ls) for (n, ls), _ in during.items() if n == "vllm:lora_requests_info"]
     assert info and "prefix" in info[0]["running_lora_adapters"].split(",")
     assert info[0]["max_lora"] == "32"
