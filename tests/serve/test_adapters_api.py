@@ -140,3 +140,19 @@ def test_bad_requests(server: Any, client: Any) -> None:
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=MODEL_ID, prompt="w1", max_tokens=1000)
     assert _greedy(client, MODEL_ID)  # the server keeps serving
+
+
+def test_sources_go_through_the_resolver(server: Any, client: Any, dirs: dict) -> None:
+    """A source URL resolves through adapterkit.io.resolve, as hub:// sources do."""
+    from adapterkit.io.resolve import _SCHEMES, register_scheme
+
+    register_scheme("testsrc", lambda rest, **_: Path(dirs[rest]))
+    try:
+        assert _load(server.url, "via_url", "testsrc://ia3")[0] == 200
+        assert _greedy(client, "via_url") == _greedy(client, "ia3")
+        cards = {m.id: m for m in client.models.list().data}
+        assert cards["via_url"].root == "testsrc://ia3"
+        assert _unload(server.url, "via_url")[0] == 200
+        _error(_load(server.url, "bad_url", "nosuch://x"), 400, "unknown source scheme")
+    finally:
+        _SCHEMES.pop("testsrc", None)
