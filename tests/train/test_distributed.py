@@ -27,7 +27,7 @@ def _torchrun(mode: str, out: Path) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(SCRIPT), str(out), mode]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     if proc.returncode != 0:
         pytest.fail(f"torchrun {mode} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)]
