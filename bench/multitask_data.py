@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,7 +14,7 @@ from torch import nn
 
 import adapterkit as ak
 from adapterkit.train.data import glue_dir
-from adapterkit.train.datasets import Table, glue_table
+from adapterkit.train.datasets import Table, TableExample, glue_table
 from adapterkit.train.loop import TrainArgs, fit
 from adapterkit.train.metrics import compute
 
@@ -36,7 +36,7 @@ class Budget:
     def tag(self) -> str:
         """Names the cache folder of this budget."""
         return (f"s{self.steps_per_task}-b{self.batch}-l{self.max_length}-lr{self.lr:g}"
-                f"-f{self.fusion_lr:g}")
+                f"-f{self.fusion_lr:g}-zstsb")
 
     @property
     def mixed_steps(self) -> int:
@@ -45,15 +45,24 @@ class Budget:
 
 
 def load_tasks(dev_limit: int | None = None) -> dict[str, Table]:
-    """The four tasks, whole (``dev_limit``: the first dev examples only, for quick checks)."""
+    """The four tasks, whole (``dev_limit``: the first dev examples only, for quick checks).
+    STS-B's training targets are standardised (mean 0, variance 1 over its training set), so
+    that its squared error weighs like the classification losses in mixed batches; Pearson and
+    Spearman on dev do not change under that affine map."""
     root = glue_dir()
-    return {t: glue_table(t, root, limit=dev_limit) for t in TASKS}
+    tasks = {t: glue_table(t, root, limit=dev_limit) for t in TASKS}
+    stsb = tasks["stsb"]
+    values = torch.tensor([float(ex.label) for ex in stsb.train])
+    mean, std = float(values.mean()), float(values.std())
+    tasks["stsb"] = replace(stsb, train=[TableExample(ex.texts, (float(ex.label) - mean) / std)
+                                         for ex in stsb.train])
+    return tasks
 
 
 class MultiTask(nn.Module):
     """The encoder (where the kit lives) plus one linear head per task on the masked mean of
     the last hidden states; ``forward`` returns the mean over rows of each row's task loss
-    (cross-entropy, or MSE on the STS-B score)."""
+    (cross-entropy, or the squared error on the standardised STS-B score)."""
 
     def __init__(self, encoder: nn.Module, seed: int) -> None:
         super().__init__()
