@@ -158,8 +158,10 @@ def _task_ids(kind: str) -> Callable[[Context], dict[str, Any]]:
     def row(ctx: Context) -> dict[str, Any]:
         ctx.kit.add(kind, SETUPS[kind]())
         ctx.model.with_ids = True
-        try:
-            seconds = ctx.train(ctx.kit.train(kind) + ctx.fresh_heads())
+        lr = ctx.budget.hyper_lr if kind == "hyper" else ctx.budget.lr
+        try:  # AdamW parameter groups: the adapter at its lr, the heads at the common one
+            groups = [{"params": ctx.kit.train(kind), "lr": lr}, {"params": ctx.fresh_heads()}]
+            seconds = ctx.train(groups)  # type: ignore[arg-type]
             out = {"scores": ctx.scores(lambda t: None), "train_seconds": seconds,
                    "params": ctx.params((kind,))}
         finally:
