@@ -119,16 +119,6 @@ class BlobStore:
         return self._lock(fcntl.LOCK_EX)
 
 
-def hash_file(path: str | os.PathLike) -> tuple[str, int]:
-    """The SHA-256 and size of a file, read in 1 MiB chunks."""
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
 class Receiver:
     """Hashes and writes a streamed upload into the staging folder, enforcing a size limit."""
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from sqlalchemy import delete, exists, select
 
+from ..io.hub.cache import sha256_file
 from . import audit
-from .blobs import hash_file
 from .db.models import Blob, Commit, File, Ref, Upload, now
 from .names import SHA256
 from .settings import Hub
@@ -169,7 +169,7 @@ def verify(hub: Hub) -> VerifyReport:
         if not path.is_file():
             report.missing.append(sha)
             continue
-        digest, actual = hash_file(path)
+        digest, actual = sha256_file(path)
         report.checked += 1
         report.bytes += actual
         if digest != sha or actual != size:

@@ -32,7 +32,9 @@ def hub_key(endpoint: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", host) + "-" + hashlib.sha256(endpoint.encode()).hexdigest()[:8]
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
+def sha256_file(path: str | os.PathLike) -> tuple[str, int]:
+    """The SHA-256 and size of a file, read in 1 MiB chunks (the client's cache and the hub's
+    blob store both use it)."""
     h, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
