@@ -315,6 +315,16 @@ class AdapterKit(Compositions, Routing):
         return push_adapter(self, name, repo, token=token, endpoint=endpoint, private=private,
                             format=format, **options)
 
+    def search(self, query: str | None = None, **options: Any) -> list[Any]:
+        """Search the hub for adapters that fit this kit's model (its module paths and weight
+        shapes); ``options`` as for ``adapterkit.io.hub.search.search`` (``endpoint``, ``token``,
+        ``limit``, ``mode``, ``sort``, filters). Returns records with ``repo_id``, ``score``,
+        ``metadata``."""
+        from .io.hub.search import search
+
+        options.setdefault("compatible_with", self.model)
+        return search(query, **options)
+
     # -- reporting ---------------------------------------------------------------------------
     def base_parameter_count(self) -> int:
         adapter = {id(p) for p in self.parameters()}

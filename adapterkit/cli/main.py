@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .hub import add_commands as add_hub_commands
 
     add_hub_commands(sub)  # hub serve|token|member|audit|purge|verify, push, pull, login
+    from .search import add_commands as add_search
+
+    add_search(sub)  # search
     return p
 
 

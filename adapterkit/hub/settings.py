@@ -28,6 +28,7 @@ class HubSettings:
     max_request_bytes: int = 64 * MiB  # any other request body (JSON, an NDJSON commit)
     upload_grace_s: float = 3600.0  # how long a received, uncommitted blob is kept
     regular_max_bytes: int = 1 * MiB  # larger files, and binary ones, go through LFS
+    search_exact_max: int = 20_000  # semantic search is exact up to this many vectors, HNSW beyond
 
 
 class Hub:

@@ -9,7 +9,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -152,5 +163,37 @@ class Audit(Base):
     remote: Mapped[str | None] = mapped_column(String(64))
 
 
-__all__ = ["Account", "Audit", "Base", "Blob", "Commit", "File", "Member", "Ref", "Repo", "Setting",
-           "Token", "Upload", "as_utc", "now"]
+class SearchDoc(Base):
+    """The search document of a repo, rebuilt from the head of ``main`` at every commit there:
+    the indexed text, the embedding of its summary (stamped with the embedding model and its
+    version), what the adapter needs of a base model (``requires``: host path -> weight shape,
+    hashed in ``requires_hash``), download count and update time. The full-text index over
+    ``body`` is kept outside these tables (see :mod:`adapterkit.hub.catalog.fts`)."""
+
+    __tablename__ = "search_docs"
+    repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
+    commit_id: Mapped[str] = mapped_column(String(40))
+    title: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    requires: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    requires_hash: Mapped[str | None] = mapped_column(String(32), index=True)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    embed_model: Mapped[str | None] = mapped_column(String(96))
+    downloads: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)
+
+
+class SearchTag(Base):
+    """One tag of a search document (README tags and derived ones: ``method:lora``,
+    ``task:...``, ``language:...``, ``license:...``, ``model_type:...``, ``base_model:...``)."""
+
+    __tablename__ = "search_tags"
+    tag: Mapped[str] = mapped_column(String(256), primary_key=True)
+    repo_id: Mapped[int] = mapped_column(ForeignKey("search_docs.repo_id", ondelete="CASCADE"),
+                                         primary_key=True, index=True)
+
+
+__all__ = ["Account", "Audit", "Base", "Blob", "Commit", "File", "Member", "Ref", "Repo", "SearchDoc",
+           "SearchTag", "Setting", "Token", "Upload", "as_utc", "now"]

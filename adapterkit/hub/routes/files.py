@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from .. import audit
+from ..catalog import count_download
 from ..db.models import File
 from ..errors import EntryNotFound, HubError, RepoNotFound
 from ..names import check_path
@@ -25,6 +26,7 @@ from .common import CallerDep, HubDep, actor, page_link, remote
 router = APIRouter()
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 PAGE = 1000
+DOWNLOAD_FILE = "adapter_config.json"  # a full fetch of this file counts as a download of the repo
 
 
 class BlobResponse(FileResponse):
@@ -81,6 +83,8 @@ def resolve_file(owner: str, name: str, revision: str, path: str, request: Reque
         with hub.db.write() as s:
             audit.record(s, actor(caller), "pull", repo_id, revision=commit.id, path=path,
                          remote=remote(request))
+            if path == DOWNLOAD_FILE:
+                count_download(s, repo.id)
     return BlobResponse(blob, headers=headers)
 
 

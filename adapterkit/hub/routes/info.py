@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -14,7 +13,7 @@ from ..db.models import Account, Commit, Ref, Repo
 from ..errors import RepoNotFound, Unauthorized
 from ..metadata import tags as derived_tags
 from ..repos import files_of, get_repo, history, owner_of, resolve, role_on
-from .common import CallerDep, HubDep, base_url, iso, page_link
+from .common import CallerDep, HubDep, base_url, iso
 from .files import file_entry
 
 router = APIRouter()
@@ -70,36 +69,6 @@ def get_model_without_owner(name: str, caller: CallerDep) -> dict[str, Any]:
 
 def _visible(s: Session, caller: Caller | None, repo: Repo) -> bool:
     return not repo.private or role_on(caller, owner_of(s, repo)) is not None
-
-
-@router.get("/api/models", tags=["info"])
-def list_models(request: Request, hub: HubDep, caller: CallerDep, search: str | None = None,
-                author: str | None = None, filter: Annotated[list[str] | None, Query()] = None,
-                limit: Annotated[int | None, Query(ge=1, le=10000)] = None, full: bool = False,
-                cursor: Annotated[int, Query(ge=0, le=1 << 62)] = 0) -> JSONResponse:
-    """Repos the caller may read, filtered by name (``search``), owner and tags (``filter``:
-    README tags and derived ones such as ``method:lora``, ``base_model:ID``, ``weights:SHA``)."""
-    wanted = {t for item in filter or [] for t in item.split(",") if t}
-    out = []
-    with hub.db.read() as s:
-        q = select(Repo).order_by(Repo.full_name)
-        if author:
-            q = q.join(Account, Account.id == Repo.owner_id).where(Account.name == author)
-        for repo in s.scalars(q):
-            if search and search.lower() not in repo.full_name.lower():
-                continue
-            if not _visible(s, caller, repo):
-                continue
-            head = resolve(s, repo, "main")
-            info = model_info(s, repo, head, full=full)
-            if wanted and not wanted <= set(info["tags"]):
-                continue
-            out.append(info)
-    page_size = limit or 1000
-    page = out[cursor:cursor + page_size]
-    more = limit is None and cursor + page_size < len(out)
-    headers = page_link(request, cursor + page_size) if more else {}
-    return JSONResponse(page, headers=headers)
 
 
 @router.get("/api/models/{owner}/{name}/refs", tags=["info"])

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from .. import audit
 from ..accounts import RANK, Caller, authenticate_token
 from ..blobs import Receiver
+from ..catalog import index_commit
 from ..commits import HeadMoved, initial_commit, make_commit
 from ..db.models import Account, Blob, Repo, Token, Upload
 from ..describe import describer
@@ -270,7 +271,9 @@ def _commit(hub: Hub, repo_id: str, branch: str, body: bytes, who: Caller, where
                     s.execute(delete(Upload).where(Upload.repo_id == repo.id, Upload.blob.in_(used)))
                     audit.record(s, who.name, "push", repo_id, revision=branch, detail=commit.id,
                                  path=",".join(op.path for op in parsed.ops)[:1024], remote=where)
-                    return commit.id
+                    landed = (repo.id, commit.id)
+                index_commit(hub, *landed, branch=branch)  # after the commit, outside its lock
+                return landed[1]
             except HeadMoved:
                 continue
         raise Conflict(f"{branch} of {repo_id} kept moving while this commit was written; retry")
