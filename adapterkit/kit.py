@@ -315,6 +315,18 @@ class AdapterKit(Compositions, Routing):
         return push_adapter(self, name, repo, token=token, endpoint=endpoint, private=private,
                             format=format, **options)
 
+    def retrieve(self, query: str, k: int = 3, **options: Any) -> Any:
+        """Search the hub for the ``k`` best adapters for ``query`` that fit this model and that
+        the token can read, pull them, activate a weighted ``Average`` (``mode="average"``) or
+        ``Stack`` (``mode="stack"``) of them with weights from their scores, and return a
+        ``Retrieval``: the ``composition`` activated, what was chosen (repo, revision, commit,
+        score, weight, reason) and what was skipped. ``options``: ``mode``, ``weighting``
+        (``normalize`` or ``softmax``), ``temperature``, ``endpoint``, ``token``, ``cache_dir``,
+        ``candidates`` and search filters. See ``adapterkit.io.hub.retrieve``."""
+        from .io.hub.retrieve import retrieve
+
+        return retrieve(self, query, k, **options)
+
     def search(self, query: str | None = None, **options: Any) -> list[Any]:
         """Search the hub for adapters that fit this kit's model (its module paths and weight
         shapes); ``options`` as for ``adapterkit.io.hub.search.search`` (``endpoint``, ``token``,

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .search import add_commands as add_search
 
     add_search(sub)  # search
+    from .retrieve import add_commands as add_retrieve
+
+    add_retrieve(sub)  # retrieve
     return p
 
 

@@ -98,16 +98,21 @@ class Compositions:
                                    "Parallel composition")
         return split_parallel(output, state.replicas, state.parallel_batch)
 
-    def save_setup(self, directory: str | os.PathLike, names: Sequence[str] | None = None) -> None:
+    def save_setup(self, directory: str | os.PathLike, names: Sequence[str] | None = None,
+                   sources: dict[str, str] | None = None) -> None:
         """Write every adapter (or ``names``), fusion layers and the active composition to
-        ``directory``: one subdirectory per adapter plus ``setup.json``."""
+        ``directory``: one subdirectory per adapter plus ``setup.json``. An adapter named in
+        ``sources`` (name -> URL, e.g. ``hub://owner/repo@commit``) is recorded by its source
+        instead of being written."""
         from .setup import save_setup
 
-        save_setup(cast("AdapterKit", self), directory, names)
+        save_setup(cast("AdapterKit", self), directory, names, sources)
 
-    def load_setup(self, directory: str | os.PathLike) -> Composition | None:
-        """Load what :meth:`save_setup` wrote and activate its composition (returned). The model
-        is unchanged if this raises."""
+    def load_setup(self, directory: str | os.PathLike, **options: Any) -> Composition | None:
+        """Load what :meth:`save_setup` wrote and activate its composition (returned); adapters
+        recorded by source load through ``kit.load(source, **options)`` (``token``,
+        ``endpoint``, ``cache_dir`` for ``hub://``), so one the token cannot read fails the
+        whole setup, naming the repo. The model is unchanged if this raises."""
         from .setup import load_setup
 
-        return load_setup(cast("AdapterKit", self), directory)
+        return load_setup(cast("AdapterKit", self), directory, **options)

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.version import __version__
 from .errors import HubError
-from .routes import files, info, manage, search, upload
+from .routes import artifacts, files, info, manage, search, upload
 from .settings import Hub
 
 log = logging.getLogger("adapterkit.hub")
@@ -140,7 +140,7 @@ def create_app(hub: Hub) -> FastAPI:
                   description="A self-hosted adapter hub that speaks the Hugging Face Hub protocol.")
     app.state.hub = hub
     install_handlers(app)
-    for module in (info, search, files, upload, manage):
+    for module in (info, search, files, upload, manage, artifacts):
         app.include_router(module.router)
 
     @app.get("/api/health", tags=["info"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from . import audit
+from .artifacts import rederive
 from .commits import Entry
 from .db.models import Commit, File, Repo
 from .describe import describer
@@ -45,4 +46,5 @@ def expunge(hub: Hub, repo_id: str, path: str, actor: str = "admin") -> int:
             meta["expunged"] = sorted({*(commit.meta or {}).get("expunged", []), path})
             commit.meta = meta
         audit.record(s, actor, "expunge", repo_id, path=path, detail=f"{len(rows)} commit(s)")
+    rederive(hub, sorted({r.commit_id for r in rows}))  # artifacts follow the trees
     return len(rows)

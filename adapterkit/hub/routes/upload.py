@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import audit
 from ..accounts import RANK, Caller, authenticate_token
+from ..artifacts import derive_quietly
 from ..blobs import Receiver
 from ..catalog import index_commit
 from ..commits import HeadMoved, initial_commit, make_commit
@@ -293,6 +294,7 @@ async def commit(owner: str, name: str, revision: str, request: Request, hub: Hu
     branch = check_ref(revision)
     body = await request.body()
     cid = await run_in_threadpool(_commit, hub, f"{owner}/{name}", branch, body, who, remote(request))
+    await run_in_threadpool(derive_quietly, hub, cid)  # Arrow prototypes and weight embedding
     return {"commitUrl": f"{base_url(request)}/{owner}/{name}/commit/{cid}", "commitOid": cid,
             "pullRequestUrl": None, "success": True}
 

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .artifacts import attach_prototypes
 from .cache import Cache, hub_key, sha256_file
 from .config import endpoint_for, token_for
 from .errors import HubClientError, HubConflictError
@@ -59,8 +60,10 @@ class HubClient:
             out[str(sib["rfilename"])] = (sha, int(sib["size"]))
         return out
 
-    def pull(self, repo: str, revision: str = "main") -> Path:
-        """A local directory with the files of ``repo`` at ``revision``, every one verified."""
+    def pull(self, repo: str, revision: str = "main", prototypes: bool = True) -> Path:
+        """A local directory with the files of ``repo`` at ``revision``, every one verified; with
+        ``prototypes``, the hub's Arrow prototypes of that commit beside them (when it has some:
+        :func:`adapterkit.io.hub.artifacts.attach_prototypes`)."""
         info = self.info(repo, revision)
         commit = str(info["sha"])
         files = self._listing(repo, info)
@@ -74,7 +77,10 @@ class HubClient:
                 writer.abort()
                 raise
             writer.commit(f"{repo}@{commit[:12]}/{path}", sha, size)
-        snapshot = self.cache.link_snapshot(self.key, repo, commit, {p: s for p, (s, _) in files.items()})
+        linked = {p: s for p, (s, _) in files.items()}
+        if prototypes:
+            linked = attach_prototypes(self, repo, commit, linked)
+        snapshot = self.cache.link_snapshot(self.key, repo, commit, linked)
         self.cache.remember(self.key, repo, revision, commit)
         return snapshot
 
