@@ -110,6 +110,7 @@ def decode(rounds: int) -> dict[str, float]:
 def main() -> int:
     threads = pin_threads()
     rounds = int(os.environ.get("BENCH_ROUNDS", "10"))
+    load_start = os.getloadavg()[0]
     results = {"forward (MiniLM, 32 x 64)": forward(rounds),
                "decode step (llama 256x4, batch 32)": decode(rounds)}
     rows = []
@@ -119,14 +120,16 @@ def main() -> int:
     md = table(rows, ("workload", "case", "median ms", "ratio to one LoRA"))
     print(f"Mixtures of {EXPERTS} LoRA experts, {threads} thread(s), {rounds} interleaved rounds")
     print(md)
-    write("mixtures", {"rounds": rounds, "threads": threads, "median_seconds": results})
-    Path(__file__).resolve().parent.joinpath("results", "mixtures.md").write_text(md + "\n")
+    load = os.getloadavg()[0]
+    write("mixtures", {"rounds": rounds, "threads": threads, "median_seconds": results,
+                       "loadavg_1min": {"start": load_start, "end": load}})
+    note = (f"`BENCH_THREADS={threads} BENCH_ROUNDS={rounds} python bench/mixtures.py`, torch "
+            f"{torch.__version__}, 1-minute load average {load_start:.1f} at the start of the run "
+            f"and {load:.1f} at the end ({os.cpu_count()} CPUs). Goal: both ratios <= 1.5.")
+    Path(__file__).resolve().parent.joinpath("results", "mixtures.md").write_text(
+        f"{note}\n\n{md}\n")
     doc = Path(os.environ.get("MIX_DOC", Path(__file__).resolve().parents[1] / "docs"
                               / "composition.md"))
-    load = os.getloadavg()[0]
-    note = (f"`BENCH_THREADS={threads} BENCH_ROUNDS={rounds} python bench/mixtures.py`, torch "
-            f"{torch.__version__}, load average {load:.1f} at the end of the run. Goal: both "
-            "ratios <= 1.5.")
     start, rest = doc.read_text().split(BEGIN, 1)
     doc.write_text(f"{start}{BEGIN}\n{note}\n\n{md}\n{END}{rest.split(END, 1)[1]}")
     return 0

@@ -5,14 +5,15 @@ Rows: single-task LoRAs; their uniform Average; AdapterFusion over them; a Mixtu
 sequence router trains over the four frozen LoRAs on mixed data (``MT_TOKEN=1`` adds one with a
 token router); a Mixture whose experts and router train jointly; Arrow over the four LoRAs (no
 task ids, no training); Poly/MHR and a HyperAdapter trained multi-task (with task ids). One
-budget for all (``Budget``). Seed 0 runs every row; seeds 1 and 2 run the rows of the goals'
-comparisons that seed 0 puts less than 2 points apart (``MT_SEEDS=0,1,2`` runs every row for
-each seed listed). Trained adapters, heads and results are cached under
+budget for all (``Budget``). Seed 0 runs the rows of the goals' comparisons, seeds 1 and 2
+run those that seed 0 puts less than 2 points apart, then seed 0 runs the other rows
+(``MT_SEEDS=0,1,2`` runs every row for each seed listed). Trained adapters, heads and results are cached under
 ``runs/multitask/<budget>/`` (``MT_RUNS``), so an interrupted run resumes. Writes the table into
-docs/composition.md (``MT_DOC``) and bench/results/multitask.json. For a quick check of the
-script only: ``MT_STEPS`` (steps per task) and ``MT_DEV_LIMIT`` (dev examples per task).
+docs/composition.md (``MT_DOC``) and bench/results/multitask.json. ``MT_STEPS`` sets the steps
+per task and ``MT_DEV_LIMIT`` evaluates on the first N dev examples of each task (none are
+selected by score); both go into the cache folder's name and the table's header.
 
-    python bench/multitask.py          # BENCH_THREADS (default 2) sets the threads
+    MT_STEPS=30 MT_DEV_LIMIT=200 python bench/multitask.py   # BENCH_THREADS (default 2): threads
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ def run_seed(seed: int, budget: Budget, data: dict[str, Any], tok: Any, runs: Pa
     single = ensure_single(ctx)
     if single is not None:
         (ctx.dir / "single" / "result.json").write_text(json.dumps(single, indent=2))
+        print(f"seed {seed} single: {single['train_seconds']:.0f} s training, "
+              f"{time.perf_counter() - start:.0f} s so far", flush=True)
     for key, (_, fn) in ROWS.items():
         path = ctx.dir / key / "result.json"
         if path.is_file() or (only is not None and key not in only):
@@ -241,14 +244,17 @@ def main() -> int:
     threads = pin_threads(int(os.environ.get("BENCH_THREADS", "2")))
     seeds_env = os.environ.get("MT_SEEDS", "auto")
     budget = Budget(steps_per_task=int(os.environ.get("MT_STEPS", Budget.steps_per_task)))
-    runs = Path(os.environ.get("MT_RUNS", ROOT / "runs" / "multitask")) / budget.tag
-    data = load_tasks(int(os.environ["MT_DEV_LIMIT"]) if "MT_DEV_LIMIT" in os.environ else None)
+    limit = int(os.environ["MT_DEV_LIMIT"]) if "MT_DEV_LIMIT" in os.environ else None
+    runs = Path(os.environ.get("MT_RUNS", ROOT / "runs" / "multitask")) / (
+        budget.tag + (f"-dev{limit}" if limit else ""))
+    data = load_tasks(limit)
     tok = AutoTokenizer.from_pretrained(model_dir("minilm"))
     if seeds_env == "auto":  # seed 0 for all; seeds 1 and 2 where a comparison is close
-        run_seed(0, budget, data, tok, runs)
+        run_seed(0, budget, data, tok, runs, {k for pair in PAIRS for k in pair})
         close = close_rows(runs)
         for seed in (1, 2):
             run_seed(seed, budget, data, tok, runs, close)
+        run_seed(0, budget, data, tok, runs)  # the rows outside the goals last
         seeds = [0, 1, 2]
     else:
         seeds = [int(s) for s in seeds_env.split(",")]
@@ -259,8 +265,9 @@ def main() -> int:
               **{k: v[0] for k, v in ROWS.items()}}
     doc = Path(os.environ.get("MT_DOC", ROOT / "docs" / "composition.md"))
     sizes = {t: len(data[t].dev) for t in TASKS}
-    doc.write_text(render(doc.read_text(), results, labels, budget, threads, sizes))
-    write("multitask", {"budget": budget.__dict__, "seeds": seeds, "results": results})
+    doc.write_text(render(doc.read_text(), results, labels, budget, threads, sizes, limit))
+    write("multitask", {"budget": budget.__dict__, "dev_limit": limit, "dev_sizes": sizes,
+                        "seeds": seeds, "results": results})
     return 0
 
 

@@ -86,12 +86,19 @@ def _seeds(n: int) -> str:
 
 
 def render(text: str, results: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str],
-           budget: Budget, threads: int, sizes: dict[str, int]) -> str:
+           budget: Budget, threads: int, sizes: dict[str, int],
+           dev_limit: int | None = None) -> str:
     head = ("| row | " + " | ".join(NAMES[t] for t in TASKS)
             + " | mean | adapter params | seeds | train min |")
     rows = [head, "|---" * (len(TASKS) + 5) + "|"]
     rows += [_row(labels[k], runs) for k, runs in results.items()]
     dev = ", ".join(f"{NAMES[t].split()[0]} {sizes[t]:,}" for t in TASKS)
+    if dev_limit is not None:
+        dev = f"the first {dev_limit:,} examples of each, in file order: {dev}"
+    env = ([f"MT_STEPS={budget.steps_per_task}"]
+           if budget.steps_per_task != Budget.steps_per_task else [])
+    env += [f"MT_DEV_LIMIT={dev_limit}"] if dev_limit is not None else []
+    command = " ".join([*env, "python bench/multitask.py"])
     body = "\n".join([
         f"MiniLM (all-MiniLM-L6-v2), GLUE dev sets ({dev} examples). Budget for every row: "
         f"single-task runs {budget.steps_per_task} steps of "
@@ -99,7 +106,7 @@ def render(text: str, results: dict[str, dict[int, dict[str, Any]]], labels: dic
         f"{budget.batch} with {budget.batch // len(TASKS)} examples of each task (the same "
         f"examples per task); max length {budget.max_length}; AdamW, lr {budget.lr} "
         f"({budget.fusion_lr} for the fusion layer, {budget.hyper_lr} for the hypernetwork, "
-        "Hyperformer's), warmup 6% and cosine decay; {threads} CPU "
+        f"Hyperformer's), warmup 6% and cosine decay; {threads} CPU "
         "threads. A task's score is the mean of its GLUE metrics x 100 (MRPC accuracy and F1, "
         "STS-B Pearson and Spearman; STS-B trains on standardised scores, squared error); "
         "cells are mean ± standard deviation over the seeds. "
@@ -108,7 +115,7 @@ def render(text: str, results: dict[str, dict[int, dict[str, Any]]], labels: dic
         "adapters in the joint Mixture, Poly and HyperAdapter rows. No row gets a task id "
         "at inference except Poly and HyperAdapter (each example's task, through `kit.tasks`); "
         "every row uses its task's head. Adapter parameters exclude the heads. Made by "
-        "`python bench/multitask.py`; results also in bench/results/multitask.json.",
+        f"`{command}`; results also in bench/results/multitask.json.",
         "", *rows, "", "Goals, judged on these means:", "", *goals(results)])
     start, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)

@@ -256,7 +256,11 @@ BLOCKS = [ak.Stack("a", ak.Fuse("b", ak.Stack("c", "d"), name="f")),
           ak.Average("a", ak.Split("b", "c", 4), weights=[0.25, 1.5]),
           ak.BatchSplit("a", ak.Average("b", "c"), batch_sizes=[3, 1]),
           ak.Parallel("a", ak.Stack("a", "b")),
-          ak.Route(["a", "__base__", ak.Stack("a", "b"), ak.Fuse("a", "b")]), "a", None]
+          ak.Route(["a", "__base__", ak.Stack("a", "b"), ak.Fuse("a", "b")]), "a", None,
+          ak.Stack("a", ak.Mixture("b", "c", router="sequence", top_k=1, name="m",
+                                   balance="switch")),
+          ak.Average("a", ak.Arrow("b", "c", top_k=2, temperature=0.5)),
+          ak.Route(["a", ak.Mixture("a", "b"), ak.Arrow("a", "b")])]
 
 
 @pytest.mark.parametrize("value", BLOCKS, ids=repr)
