@@ -12,17 +12,18 @@ from typing import Any
 
 
 def load_model(name: str) -> Any:
-    """``smollm2`` or a causal-LM directory as a causal LM, anything else (``minilm``, an
-    encoder directory) as a transformers ``AutoModel``."""
-    from ..train.models import load_causal_lm, model_dir
+    """``smollm2``, ``minilm`` or a transformers directory, as the class its config names first
+    in ``architectures`` (that class's module paths are the ones its adapters were trained on),
+    else as ``AutoModel``."""
+    import transformers
+
+    from ..train.models import model_dir
 
     path = model_dir(name)
     config = json.loads((Path(path) / "config.json").read_text())
-    if any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or []):
-        return load_causal_lm(name)[0]
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(path)
+    names = [str(a) for a in config.get("architectures") or []]
+    cls = getattr(transformers, names[0], None) if names else None
+    return (cls or transformers.AutoModel).from_pretrained(path)
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:

@@ -147,3 +147,30 @@ def test_retrieve_through_the_hubs_search_filters_by_access(library: Hub, tmp_pa
     assert "alice/ret-private" in {c.repo_id for c in mine.chosen}
     assert not any("ret-private" in str(p) for p in tmp_path.glob("snapshots/*/alice/*"))
     assert sum(c.weight for c in got.chosen) == pytest.approx(1.0)
+
+
+def test_the_retrieve_command(library: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import warnings
+
+    from adapterkit.cli.main import main
+
+    monkeypatch.setenv("ADAPTERKIT_CACHE", str(tmp_path / "cache"))
+    build("bert").save_pretrained(tmp_path / "model")
+    argv = ["retrieve", "adapterkit lora adapter", "--model", str(tmp_path / "model"), "--k", "2",
+            "--endpoint", library.url, "--token", library.bob, "--json",
+            "--save-setup", str(tmp_path / "setup")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["chosen"]) == 2 and all(c["repo_id"].startswith("alice/ret-") for c in out["chosen"])
+    assert "alice/ret-private" not in [c["repo_id"] for c in out["chosen"]]
+    setup = json.loads((tmp_path / "setup" / "setup.json").read_text())
+    assert [a["source"] for a in setup["adapters"]] == \
+        [f"hub://{c['repo_id']}@{c['commit']}" for c in out["chosen"]]
+    kit = ak.AdapterKit(build("bert"))
+    comp = kit.load_setup(tmp_path / "setup", endpoint=library.url, token=library.bob,
+                          cache_dir=tmp_path / "c")
+    assert comp == Average(*[c["name"] for c in out["chosen"]], weights=[c["weight"] for c in out["chosen"]])
