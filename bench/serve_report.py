@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from serve_vs_report import vs_markdown, vs_plot
+
 
 def _find(runs: list[dict], server: str, case: str, arrival: str = "c=32") -> dict | None:
     return next((r for r in runs if (r["server"], r["case"], r["arrival"]) ==
@@ -62,11 +64,17 @@ def _ms(stats: dict, key: str) -> str:
     return "" if v is None else f"{v:.0f}"
 
 
+def _part(name: str, v: dict) -> str:
+    when = f" on {v['date']} (engine at {v['commit']})" if "date" in v else ""
+    return f"{name}{when}, {v['minutes']:.0f} min from load average {v['load_avg_start']:.1f}"
+
+
 def markdown(result: dict) -> str:
     setup = result["setup"]
-    parts = ", ".join(f"{p} {v['minutes']:.0f} min from load average {v['load_avg_start']:.1f}"
-                      for p, v in setup.get("parts", {}).items())
-    lines = [f"{setup['model']}, {setup['prompt_tokens']} prompt / "
+    parts = "; ".join(_part(p, v) for p, v in setup.get("parts", {}).items())
+    lines = [*vs_markdown(result.get("vs_vllm", {})),
+             "### adapterkit serve alone (fp32)", "",
+             f"{setup['model']}, {setup['prompt_tokens']} prompt / "
              f"{setup['output_tokens']} output tokens, {setup['threads']} torch threads, "
              f"{setup['cores']} cores; runs: {parts}.", "",
              "| server | case | arrival | requests | failed | req/s | out tok/s | TTFT mean / median"
@@ -99,11 +107,16 @@ def plot(result: dict, path: Path) -> None:
 
     rows = [r for r in result["runs"] if r["arrival"] == "c=32"]
     labels = [f"{r['server']}\n{r['case']}" for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 5))
+    vs = result.get("vs_vllm", {})
+    fig, axes = plt.subplots(2 if vs.get("main") else 1, 2, figsize=(14, 10 if vs else 5),
+                             squeeze=False)
+    if vs.get("main"):
+        vs_plot(vs, axes[0][0], axes[0][1])
+    a, b = axes[-1]
     a.bar(range(len(rows)), [r["output_throughput"] for r in rows], color="tab:blue")
-    a.set_title("output tokens/s at concurrency 32")
+    a.set_title("adapterkit alone: output tokens/s at concurrency 32")
     b.bar(range(len(rows)), [(r["ttft_ms"]["p99"] or 0) / 1000 for r in rows], color="tab:red")
-    b.set_title("p99 TTFT (s) at concurrency 32")
+    b.set_title("adapterkit alone: p99 TTFT (s) at concurrency 32")
     for ax in (a, b):
         ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
     fig.suptitle("adapterkit serve, SmolLM2 on CPU")
