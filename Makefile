@@ -81,6 +81,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/suite.py
 
+# The hub pages' screenshots in docs/img, taken by the browser test itself (headless Chromium:
+# apt-get install chromium)
+.PHONY: screenshots
+screenshots: $(STAMP)
+	ADAPTERKIT_SCREENSHOTS=docs/img ADAPTERKIT_REQUIRE_BROWSER=1 $(PY) -m pytest tests/hub/test_browser.py
+
 # AdapterHub's adapters pins an older transformers: it gets its own venv, which bench/suite.py
 # uses when present (ADAPTERS_PYTHON overrides its interpreter)
 ADAPTERS_VENV ?= .venv-adapters

@@ -19,6 +19,7 @@ from ..core.version import __version__
 from .errors import HubError
 from .routes import artifacts, files, info, manage, search, upload
 from .settings import Hub
+from .web import router as web_router
 
 log = logging.getLogger("adapterkit.hub")
 _CODES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
@@ -147,5 +148,6 @@ def create_app(hub: Hub) -> FastAPI:
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
+    app.include_router(web_router)  # the pages last: every API route above wins over /{owner}/{name}
     app.add_middleware(BodyLimit, hub=hub)
     return app

@@ -32,8 +32,17 @@ class Raw:
         return json.loads(self.body)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx answer itself is returned (as an HTTPError)
+
+
+_NOT_FOLLOWING = urllib.request.build_opener(_NoRedirect)
+
+
 def raw(hub: Any, method: str, path: str, *, token: str | None = None, body: bytes | None = None,
-        json_body: Any = None, headers: dict[str, str] | None = None) -> Raw:
+        json_body: Any = None, headers: dict[str, str] | None = None, follow: bool = True) -> Raw:
+    """One request; ``follow=False`` answers a redirect itself instead of following it."""
     extra = dict(headers or {})
     if json_body is not None:
         body, extra["Content-Type"] = json.dumps(json_body).encode(), "application/json"
@@ -41,7 +50,7 @@ def raw(hub: Any, method: str, path: str, *, token: str | None = None, body: byt
         extra["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(hub.url + path, data=body, method=method, headers=extra)
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with (urllib.request.urlopen if follow else _NOT_FOLLOWING.open)(req, timeout=60) as resp:
             return Raw(resp.status, Headers(resp.headers.items()), resp.read())
     except urllib.error.HTTPError as err:
         return Raw(err.code, Headers(err.headers.items()), err.read())
