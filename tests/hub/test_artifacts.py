@@ -163,3 +163,14 @@ def test_artifacts_are_deleted_with_their_commits(pushed: Hub) -> None:
     assert _artifact_rows(pushed, [first, second, third]) == 0
     with pytest.raises(RepoNotFoundError):
         prototypes(["alice/arrow-gone"], endpoint=pushed.url, token=pushed.alice)
+
+
+def test_a_peft_format_push_gets_prototypes_that_fit_its_sites(pushed: Hub, tmp_path: Path) -> None:
+    lora_bert(5).kit.push("a", "alice/arrow-peft", token=pushed.alice, endpoint=pushed.url, format="peft")
+    kit = ak.AdapterKit(build("bert"))
+    name = kit.load("hub://alice/arrow-peft", endpoint=pushed.url, token=pushed.alice, cache_dir=tmp_path)
+    stored = prototypes(["alice/arrow-peft"], endpoint=pushed.url, token=pushed.alice)["alice/arrow-peft"]
+    used = adapter_prototypes(kit, name)
+    assert sorted(stored.tensors()) == sorted(used)
+    for site, v in stored.tensors().items():
+        assert torch.equal(used[site], v.double() / v.double().norm())
