@@ -16,13 +16,21 @@ from typing import Any
 
 import torch
 
+from ..core.requires import require
+
+#: the first transformers release whose per-layer ``Cache`` API (``CacheLayerMixin``, a Cache
+#: built from ``layers=``, ``get_mask_sizes``) this cache plugs into
+MIN_TRANSFORMERS = "5.13"
+
 
 class SlotKV:
     """Per-layer (slots, kv_heads, capacity, head_dim) key and value buffers."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, slots: int,
                  dtype: torch.dtype, device: torch.device, capacity: int = 256) -> None:
-        _classes()  # fails early without transformers' per-layer Cache API
+        require("transformers", MIN_TRANSFORMERS, "serving decoder models (the engine's KV cache)",
+                "its per-layer Cache API")
+        _classes()
         self.shape = (slots, kv_heads, capacity, head_dim)
         self.dtype, self.device = dtype, device
         self.keys = [torch.zeros(self.shape, dtype=dtype, device=device) for _ in range(layers)]
@@ -108,11 +116,8 @@ class SlotKV:
 def _classes() -> tuple[Any, Any]:
     """transformers' ``Cache`` and the per-step layer class built on its ``CacheLayerMixin``
     (transformers 5: a Cache is a list of per-layer objects)."""
-    try:
-        from transformers.cache_utils import Cache, CacheLayerMixin
-    except ImportError:  # pragma: no cover - older transformers
-        raise RuntimeError("serving decoders needs transformers >= 5 (its per-layer Cache "
-                           "API)") from None
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
     return Cache, type("StepLayer", (_StepLayer, CacheLayerMixin), {})
 
 
