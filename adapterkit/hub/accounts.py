@@ -3,7 +3,14 @@
 A token is ``akh_`` plus 43 random URL-safe characters. Only its SHA-256 is stored (the text is
 shown once, when it is created). A token has a ``read`` or ``write`` scope, an optional expiry,
 and an optional organisation: such a token acts only on that organisation's repos (and reads
-public ones). Every request looks its token up again, so a revoked token stops working at once.
+public ones).
+
+Every request checks its token: :class:`CallerCache` keeps the caller a token stood for while the
+database's *auth epoch* (a row of ``settings``) is unchanged. Every change to a token, an account
+or a membership made through these models, in any hub process or CLI command, writes a new epoch
+in the same transaction, so a revoked, expired or re-scoped token, or a changed membership, takes
+effect on the next request of every process sharing the database. A cache hit costs one
+primary-key read of that row instead of the token, user and membership queries.
 """
 
 from __future__ import annotations
@@ -11,14 +18,20 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import ORMExecuteState, Session
 
-from .db.models import Account, Member, Token, as_utc, now
+from .db.models import Account, Member, Setting, Token, as_utc, now
 from .errors import BadName, HubError, Unauthorized
 from .names import check_part
+
+if TYPE_CHECKING:
+    from .db.engine import Database
 
 PREFIX = "akh_"
 SCOPES = ("read", "write")
@@ -39,6 +52,7 @@ class Caller:
     token_prefix: str
     org_id: int | None = None
     roles: dict[int, str] = field(default_factory=dict)  # org account id -> role
+    expires_at: dt.datetime | None = None
 
 
 def hash_token(text: str) -> str:
@@ -143,4 +157,77 @@ def authenticate_token(session: Session, token: Token) -> Caller:
     if user is None:
         raise _refuse("InvalidToken", "the token's user no longer exists")
     roles = {m.org_id: m.role for m in session.scalars(select(Member).where(Member.user_id == user.id))}
-    return Caller(user.id, user.name, token.scope, token.id, token.prefix, token.org_id, roles)
+    return Caller(user.id, user.name, token.scope, token.id, token.prefix, token.org_id, roles,
+                  as_utc(token.expires_at))
+
+
+# -- the auth epoch and the caller cache ---------------------------------------------------------
+AUTH_EPOCH = "auth_epoch"
+_WATCHED = (Account, Member, Token)
+
+
+def _bump(session: Session) -> None:
+    """Write a new auth epoch in the session's transaction (creating the row when missing)."""
+    conn = session.connection()
+    value = secrets.token_hex(8)
+    done = conn.execute(update(Setting).where(Setting.key == AUTH_EPOCH).values(value=value))
+    if not done.rowcount:
+        conn.execute(insert(Setting).values(key=AUTH_EPOCH, value=value))
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, _context: Any) -> None:
+    if any(isinstance(o, _WATCHED) for o in (*session.new, *session.dirty, *session.deleted)):
+        _bump(session)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _on_bulk(state: ORMExecuteState) -> None:
+    mapper = state.bind_mapper
+    if (state.is_update or state.is_delete) and mapper is not None and mapper.class_ in _WATCHED:
+        _bump(state.session)
+
+
+def ensure_epoch(db: Database) -> None:
+    """Create the auth epoch row when missing (another process may create it first)."""
+    try:
+        with db.write() as session:
+            if session.get(Setting, AUTH_EPOCH) is None:
+                session.add(Setting(key=AUTH_EPOCH, value=secrets.token_hex(8)))
+    except IntegrityError:
+        pass  # another process created it first
+
+
+class CallerCache:
+    """The callers of recently seen tokens (by the token's hash), each valid while the auth epoch
+    it was read under is the current one and the token has not expired. Refused tokens are not
+    cached: each is looked up again."""
+
+    def __init__(self, db: Database, size: int = 4096) -> None:
+        self.db, self.size = db, size
+        self._entries: dict[str, tuple[str, Caller]] = {}
+        self._lock = threading.Lock()
+
+    def epoch(self) -> str | None:
+        with self.db.read_engine.connect() as conn:
+            value = conn.execute(select(Setting.value).where(Setting.key == AUTH_EPOCH)).scalar()
+        return None if value is None else str(value)
+
+    def lookup(self, header: str | None) -> Caller | None:
+        """Like :func:`authenticate`, from the cache when the epoch still matches."""
+        if not header:
+            return None
+        key = hash_token(header)
+        epoch = self.epoch()  # read before the token: a change after it moves the epoch again
+        hit = self._entries.get(key)
+        if hit is not None and epoch is not None and hit[0] == epoch and \
+                (hit[1].expires_at is None or hit[1].expires_at > now()):
+            return hit[1]
+        with self.db.read() as session:
+            caller = authenticate(session, header)
+        if caller is not None and epoch is not None:
+            with self._lock:
+                if len(self._entries) >= self.size:
+                    self._entries.clear()
+                self._entries[key] = (epoch, caller)
+        return caller

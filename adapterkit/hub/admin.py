@@ -78,6 +78,7 @@ def member_set(hub: Hub, org: str, user: str, role: str | None) -> str:
 
 def audit_rows(hub: Hub, repo: str | None = None, action: str | None = None,
                limit: int = 100) -> list[dict[str, Any]]:
+    hub.pulls.flush()  # this process's queued pull rows (another process writes its own)
     with hub.db.read() as s:
         return [{"at": as_utc(a.at), "actor": a.actor, "action": a.action, "repo": a.repo,
                  "revision": a.revision, "path": a.path, "detail": a.detail, "remote": a.remote}

@@ -9,6 +9,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from .accounts import CallerCache, ensure_epoch
+from .audit import PullLog
 from .blobs import BlobStore
 from .db.engine import Database, migrate, sqlite_url
 from .db.models import Setting
@@ -41,6 +43,9 @@ class Hub:
         self.db = Database(settings.db_url or sqlite_url(settings.root))
         migrate(self.db)
         self.secret = self._secret()
+        ensure_epoch(self.db)
+        self.callers = CallerCache(self.db)
+        self.pulls = PullLog(self.db)
 
     def _secret(self) -> bytes:
         """The key that signs upload URLs, shared by every process on this database."""
@@ -57,6 +62,8 @@ class Hub:
         raise RuntimeError("could not read or create the upload key")
 
     def close(self) -> None:
+        """Write the queued pull rows, then close the database."""
+        self.pulls.close()
         self.db.dispose()
 
     @classmethod

@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from sqlalchemy import update
 
 from adapterkit.cli.main import main
 from adapterkit.hub.admin import audit_rows, member_set, token_create, token_revoke
-from adapterkit.hub.db.models import Token
+from adapterkit.hub.db.models import Audit, Token
+from adapterkit.hub.server import ServerThread
+from adapterkit.hub.settings import Hub as HubState
 from adapterkit.io.hub import HubAuthError, HubClient
 
 from .conftest import Hub, lora_bert
@@ -97,6 +100,30 @@ def test_revoked_token_stops_at_once(repos: Hub) -> None:
     assert err.value.response.headers["X-Error-Code"] == "TokenRevoked"
 
 
+def test_changes_from_another_process_take_effect_at_once(repos: Hub) -> None:
+    """A second Hub on the same database stands for another process (the CLI, another server):
+    its revocations, membership changes and bulk updates reach this server's next request."""
+    token = repos.token("gina", "write")
+    api = HfApi(endpoint=repos.url, token=token)
+    assert api.whoami()["name"] == "gina"  # cached by the server from here on
+    other = HubState.open(repos.root, repos.db_url)
+    try:
+        member_set(other, "acme", "gina", "read")
+        assert api.model_info("acme/private").private
+        member_set(other, "acme", "gina", None)
+        with pytest.raises(RepositoryNotFoundError):
+            api.model_info("acme/private")
+        with other.db.write() as s:  # a bulk UPDATE, not an object change
+            s.execute(update(Token).where(Token.prefix == token[:12]).values(scope="read"))
+        with pytest.raises(HfHubHTTPError, match="read scope"):
+            api.create_repo("gina/new")
+        token_revoke(other, token)
+    finally:
+        other.close()
+    reply = raw(repos, "GET", "/api/whoami-v2", token=token)
+    assert (reply.status, reply.headers["X-Error-Code"]) == (401, "TokenRevoked")
+
+
 def test_wrong_and_expired_tokens(repos: Hub) -> None:
     for token, code in (("akh_" + "x" * 43, "InvalidToken"), ("not-even-a-prefix", "InvalidToken")):
         with pytest.raises(HfHubHTTPError) as err:
@@ -144,3 +171,23 @@ def test_cli_names_a_database_it_cannot_use(tmp_path: Path, capsys: pytest.Captu
         assert main(["hub", "token", "create", "--root", str(tmp_path), "--db", url, "--user", "a"]) == 2
         err = capsys.readouterr().err
         assert "cannot use the hub database" in err and words in err
+
+
+def test_pull_rows_are_queued_and_written_when_the_server_stops(tmp_path: Path) -> None:
+    with ServerThread(tmp_path / "root") as server:
+        server.hub.pulls.every_s = 3600.0  # only the shutdown writes them
+        token = token_create(server.hub, "hank", "write")[0]
+        folder = tmp_path / "adapter"
+        folder.mkdir()
+        (folder / "README.md").write_text("hello")
+        client = HubClient(server.url, token, tmp_path / "cache")
+        client.push_folder(folder, "hank/r")
+        client.pull("hank/r")
+        with server.hub.db.read() as s:
+            assert s.query(Audit).filter(Audit.action == "pull").count() == 0  # off the request path
+    state = HubState.open(tmp_path / "root")
+    try:
+        pulls = [(r["actor"], r["path"]) for r in audit_rows(state, repo="hank/r", action="pull")]
+    finally:
+        state.close()
+    assert ("hank", "README.md") in pulls

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..accounts import Caller, authenticate
+from ..accounts import Caller
 from ..db.models import as_utc
 from ..settings import Hub
 
@@ -22,10 +22,9 @@ def get_hub(request: Request) -> Hub:
 
 def get_caller(request: Request,
                _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller | None:
-    """The authenticated caller, looked up again on every request (None when anonymous)."""
-    hub = get_hub(request)
-    with hub.db.read() as session:
-        return authenticate(session, request.headers.get("authorization"))
+    """The authenticated caller, checked on every request (None when anonymous); see
+    :class:`~adapterkit.hub.accounts.CallerCache`."""
+    return get_hub(request).callers.lookup(request.headers.get("authorization"))
 
 
 HubDep = Annotated[Hub, Depends(get_hub)]

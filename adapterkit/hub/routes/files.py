@@ -15,7 +15,6 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from .. import audit
 from ..catalog import count_download
 from ..db.models import File
 from ..errors import EntryNotFound, HubError, RepoNotFound
@@ -50,7 +49,8 @@ def _check_range(header: str | None, size: int) -> None:
 
 
 def file_headers(f: File, commit: str) -> dict[str, str]:
-    return {"X-Repo-Commit": commit, "ETag": f'"{f.blob}"', "Accept-Ranges": "bytes",
+    return {"X-Repo-Commit": commit, "ETag": f'"{f.blob}"', "X-Linked-Etag": f'"{f.blob}"',
+            "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream", "X-Linked-Size": str(f.size)}
 
 
@@ -80,10 +80,9 @@ def resolve_file(owner: str, name: str, revision: str, path: str, request: Reque
     ranged = request.headers.get("range")
     _check_range(ranged, f.size)
     if ranged is None or ranged.strip().startswith("bytes=0-"):
-        with hub.db.write() as s:
-            audit.record(s, actor(caller), "pull", repo_id, revision=commit.id, path=path,
-                         remote=remote(request))
-            if path == DOWNLOAD_FILE:
+        hub.pulls.add(actor(caller), repo_id, revision=commit.id, path=path, remote=remote(request))
+        if path == DOWNLOAD_FILE:  # the search's download count is exact (the audit row is queued)
+            with hub.db.write() as s:
                 count_download(s, repo.id)
     return BlobResponse(blob, headers=headers)
 
