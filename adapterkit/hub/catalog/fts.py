@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal_column, table
-
-from ..db.models import SearchDoc
+from sqlalchemy import ColumnElement, Integer, column, func, literal_column, table, text
+from sqlalchemy.orm import Session
 
 _WORD = re.compile(r"[^\W_]+")
 MAX_TERMS = 16
@@ -48,10 +47,17 @@ def pg_match(words: list[str], any_term: bool) -> tuple[ColumnElement[bool], Col
     return tsv.op("@@")(q), func.ts_rank_cd(tsv, q)
 
 
-def sqlite_parts(words: list[str], any_term: bool) -> tuple[ColumnElement[bool], ColumnElement[float],
-                                                            ColumnElement[bool]]:
-    """(the MATCH clause, the rank to sort ascending, the join condition) over ``search_fts``."""
-    fts: ColumnElement[Any] = literal_column("search_fts")
-    match = fts.op("MATCH")(sqlite_match(words, any_term))
-    rank = func.bm25(fts, 10.0, 1.0)
-    return match, rank, literal_column("search_fts.rowid") == SearchDoc.repo_id
+_RANKED = text("SELECT rowid, bm25(search_fts, 10.0, 1.0) AS r FROM search_fts WHERE search_fts MATCH :m "
+               "ORDER BY r LIMIT :n")
+_MATCHING = text("SELECT rowid FROM search_fts WHERE search_fts MATCH :m")
+
+
+def sqlite_ranked(s: Session, words: list[str], any_term: bool, n: int) -> list[tuple[int, float]]:
+    """The ``n`` best FTS5 matches (repo id, score: higher is better), the FTS index alone."""
+    rows = s.execute(_RANKED, {"m": sqlite_match(words, any_term), "n": n}).tuples()
+    return [(int(i), -float(r)) for i, r in rows]
+
+
+def sqlite_matching(words: list[str], any_term: bool) -> Any:
+    """A subquery of the repo ids that match (for ``IN``)."""
+    return _MATCHING.bindparams(m=sqlite_match(words, any_term)).columns(column("rowid", Integer))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..db.models import Commit, Repo, SearchDoc, SearchTag, now
@@ -56,6 +56,19 @@ def store(s: Session, repo_id: int, commit_id: str, doc: Document, vector: bytes
     s.flush()
     s.execute(delete(SearchTag).where(SearchTag.repo_id == repo_id))
     s.add_all(SearchTag(tag=t[:256], repo_id=repo_id) for t in sorted(set(doc.tags)))
+
+
+def store_new(s: Session, docs: list[tuple[int, str, Document, bytes | None, str | None]]) -> None:
+    """Insert the documents of repos that have none yet, in bulk: (repo id, commit id, document,
+    vector, stamp) each (seeding a benchmark; commits go through :func:`index_commit`)."""
+    when = now()
+    s.execute(insert(SearchDoc), [
+        {"repo_id": r, "commit_id": c, "title": d.title, "summary": d.summary, "body": d.body,
+         "meta": d.meta, "requires": d.requires, "requires_hash": d.requires_hash, "embedding": v,
+         "embed_model": st, "downloads": 0, "updated_at": when} for r, c, d, v, st in docs])
+    tags = [{"tag": t[:256], "repo_id": r} for r, _, d, _, _ in docs for t in sorted(set(d.tags))]
+    if tags:
+        s.execute(insert(SearchTag), tags)
 
 
 def index_commit(hub: Hub, repo_id: int, commit_id: str, branch: str = BRANCH) -> bool:

@@ -28,6 +28,7 @@ MODES = ("text", "semantic", "hybrid")
 FACETS = ("method", "task", "language", "license", "model_type", "base_model")
 RRF_K = 60
 MIN_POOL = 50
+MAX_IDS = 20_000  # ids sent as parameters of one IN (SQLite allows 32766 parameters)
 _REQUIRES: dict[str, Any] = {}  # requires_hash -> requires (content-addressed, never changes)
 
 
@@ -90,6 +91,11 @@ def _base(*cols: Any) -> Select[Any]:
     return select(*cols).select_from(Repo).outerjoin(SearchDoc, SearchDoc.repo_id == Repo.id)
 
 
+def _docs(*cols: Any) -> Select[Any]:
+    """Repos that have a search document (text and semantic queries need one)."""
+    return select(*cols).select_from(SearchDoc).join(Repo, Repo.id == SearchDoc.repo_id)
+
+
 def listing(s: Session, conds: list[ColumnElement[bool]], sort: str, limit: int,
             offset: int) -> list[tuple[int, float]]:
     key = _sort_key(sort)
@@ -107,20 +113,36 @@ def text_ranked(s: Session, query: str, conds: list[ColumnElement[bool]], pool: 
     key = _sort_key(sort)
     if s.get_bind().dialect.name == "postgresql":
         match, rank = fts.pg_match(words, any_term)
-        q = _base(Repo.id, rank).where(match, *conds)
+        q = _docs(Repo.id, rank).where(match, *conds)
         q = q.order_by(key if key is not None else rank.desc(), Repo.id)
         found = [(i, float(r)) for i, r in s.execute(q.limit(pool)).tuples()]
+    elif key is not None:
+        q = _docs(Repo.id).where(Repo.id.in_(fts.sqlite_matching(words, any_term)), *conds)
+        found = [(i, 0.0) for i in s.scalars(q.order_by(key, Repo.id).limit(pool))]
     else:
-        match, rank, on = fts.sqlite_parts(words, any_term)
-        q = _base(Repo.id, rank).join(fts.fts_table, on).where(match, *conds)
-        q = q.order_by(key if key is not None else rank, Repo.id)
-        found = [(i, -float(r)) for i, r in s.execute(q.limit(pool)).tuples()]
+        found = _sqlite_relevant(s, words, any_term, conds, pool)
     if not any_term and len(found) < pool:  # the Hugging Face meaning: a part of the repo id
         seen = {i for i, _ in found}
-        like = _base(Repo.id).where(func.lower(Repo.full_name).contains(query.lower(), autoescape=True),
+        like = _docs(Repo.id).where(func.lower(Repo.full_name).contains(query.lower(), autoescape=True),
                                     *conds).order_by(key if key is not None else Repo.full_name)
         found += [(i, 0.0) for i in s.scalars(like.limit(pool)) if i not in seen][:pool - len(found)]
     return found
+
+
+def _sqlite_relevant(s: Session, words: list[str], any_term: bool, conds: list[ColumnElement[bool]],
+                     pool: int) -> list[tuple[int, float]]:
+    """The FTS5 index ranks alone (SQLite would otherwise test MATCH row by row), then the
+    conditions keep what they allow, asking the index for more while too few pass."""
+    n = max(pool * 4, 200)
+    while True:
+        last = n > MAX_IDS  # then every match, and the conditions over the FTS subquery
+        ranked = fts.sqlite_ranked(s, words, any_term, 1 << 62 if last else n)
+        within = fts.sqlite_matching(words, any_term) if last else [i for i, _ in ranked]
+        ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_(within), *conds))) if ranked else set()
+        found = [(i, sc) for i, sc in ranked if i in ok]
+        if last or len(found) >= pool or len(ranked) < n:
+            return found[:pool]
+        n *= 4
 
 
 def fuse(*rankings: list[tuple[int, float]]) -> list[tuple[int, float]]:

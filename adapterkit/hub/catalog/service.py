@@ -17,6 +17,7 @@ from .query import (
     MIN_POOL,
     SearchHit,
     _base,
+    _docs,
     _sort_key,
     check_mode,
     conditions,
@@ -42,11 +43,11 @@ def semantic_ranked(hub: Hub, s: Session, query: str, conds: list[ColumnElement[
     if not filtered:
         found = index.nearest(q, max(pool * 3, MIN_POOL))
         if found:
-            ok = set(s.scalars(_base(Repo.id).where(Repo.id.in_([i for i, _ in found]), *conds)))
+            ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_([i for i, _ in found]), *conds)))
             kept = [(i, sc) for i, sc in found if i in ok]
             if len(kept) >= pool or len(found) >= index.n:
                 return kept[:pool]
-    ids = list(s.scalars(_base(Repo.id).where(SearchDoc.embedding.is_not(None), *conds)))
+    ids = list(s.scalars(_docs(Repo.id).where(SearchDoc.embedding.is_not(None), *conds)))
     return index.exact(q, pool, ids)
 
 

@@ -9,8 +9,10 @@ joins them with the database again, so a repo deleted since the last load is nev
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -23,9 +25,27 @@ from ..db.models import SearchDoc, as_utc
 from .embed import DIM, from_bytes
 
 MARGIN = dt.timedelta(seconds=5)
+RECOUNT_S = 10.0
 ANN_CONNECTIVITY = 16
 ANN_EXPANSION_ADD = 128
 ANN_EXPANSION_SEARCH = 128
+
+
+def one_blas_thread() -> Any:
+    """A matrix-vector product is memory-bound: on shared CPUs, BLAS threads only wait for each
+    other (28 ms instead of 0.07 for 2,000 vectors measured at load 17 on 2 CPUs)."""
+    if "blas" not in _state:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _state["blas"] = ThreadpoolController()  # finds the libraries once
+        except ImportError:
+            _state["blas"] = None
+    controller = _state["blas"]
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+_state: dict[str, Any] = {}
 
 
 class VectorIndex:
@@ -35,30 +55,34 @@ class VectorIndex:
         self.ids = np.zeros(0, np.int64)
         self.n = 0
         self.row_of: dict[int, int] = {}
-        self.seen: tuple[int, dt.datetime | None] = (0, None)
+        self.newest: dt.datetime | None = None
+        self.counted_at = 0.0
         self.ann: Any = None
         self.lock = threading.RLock()
 
     # -- keeping up with the database --------------------------------------------------------
     def refresh(self, s: Session) -> None:
+        """Load the vectors written since the last look (the newest update time comes from its
+        index, so this costs little); every ``RECOUNT_S`` also recount the stamped vectors, and
+        load everything again when some were deleted."""
         with self.lock:
-            where = SearchDoc.embed_model == self.stamp
-            count, latest = s.execute(select(func.count(), func.max(SearchDoc.updated_at)).where(where)).one()
-            newest = as_utc(latest)
-            if (count, newest) == self.seen:
+            newest = as_utc(s.scalar(select(func.max(SearchDoc.updated_at))))
+            recount = time.monotonic() - self.counted_at > RECOUNT_S
+            if newest == self.newest and not recount:
                 return
-            since = self.seen[1]
+            where = SearchDoc.embed_model == self.stamp
             q = select(SearchDoc.repo_id, SearchDoc.embedding).where(where)
-            if since is not None and count >= self.seen[0]:
-                q = q.where(SearchDoc.updated_at >= since - MARGIN)
+            if self.newest is not None:
+                self._upsert(s.execute(q.where(SearchDoc.updated_at >= self.newest - MARGIN)).tuples().all())
             else:
-                self._clear()
-            self._upsert(s.execute(q).tuples().all())
-            if self.n != count:  # rows were deleted: load everything again
-                self._clear()
-                self._upsert(s.execute(select(SearchDoc.repo_id, SearchDoc.embedding).where(where))
-                             .tuples().all())
-            self.seen = (count, newest)
+                self._upsert(s.execute(q).tuples().all())
+            self.newest = newest
+            if recount or self.newest is None:
+                count = s.scalar(select(func.count()).select_from(SearchDoc).where(where)) or 0
+                self.counted_at = time.monotonic()
+                if count != self.n:  # vectors were deleted (or restamped): load everything again
+                    self._clear()
+                    self._upsert(s.execute(q).tuples().all())
 
     def _clear(self) -> None:
         self.matrix = np.zeros((0, DIM), np.float32)
@@ -115,12 +139,13 @@ class VectorIndex:
     def exact(self, q: np.ndarray, k: int, ids: list[int] | None = None) -> list[tuple[int, float]]:
         """The ``k`` nearest of all vectors (or of the vectors of ``ids``), best first."""
         with self.lock:
-            if ids is None:
-                rows = np.arange(self.n)
-                scores = self.matrix[:self.n] @ q
-            else:
-                rows = np.asarray([self.row_of[i] for i in ids if i in self.row_of], np.int64)
-                scores = self.matrix[rows] @ q if len(rows) else np.zeros(0, np.float32)
+            with one_blas_thread():
+                if ids is None:
+                    rows = np.arange(self.n)
+                    scores = self.matrix[:self.n] @ q
+                else:
+                    rows = np.asarray([self.row_of[i] for i in ids if i in self.row_of], np.int64)
+                    scores = self.matrix[rows] @ q if len(rows) else np.zeros(0, np.float32)
             return self._top(rows, scores, k)
 
     def _top(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:

@@ -180,7 +180,7 @@ class SearchDoc(Base):
     requires: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     requires_hash: Mapped[str | None] = mapped_column(String(32), index=True)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
-    embed_model: Mapped[str | None] = mapped_column(String(96))
+    embed_model: Mapped[str | None] = mapped_column(String(96), index=True)
     downloads: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)
 

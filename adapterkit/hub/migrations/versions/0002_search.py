@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("updated_at", TS, nullable=False))
     op.create_index("ix_search_docs_requires_hash", "search_docs", ["requires_hash"])
     op.create_index("ix_search_docs_downloads", "search_docs", ["downloads"])
+    op.create_index("ix_search_docs_embed_model", "search_docs", ["embed_model"])
     op.create_index("ix_search_docs_updated_at", "search_docs", ["updated_at"])
     op.create_table(
         "search_tags",
