@@ -104,6 +104,16 @@ def test_repo_page_downloads_and_compatible_bases(site: Hub, tmp_path: Path) -> 
     assert "tiny-bert (named by 2 adapters" in re.sub(r"<[^>]+>", "", text(get(site, f"/{SST2}", site.bob)))
 
 
+def test_similar_adapters_are_the_readable_ones(site: Hub) -> None:
+    def similar(cookie: str | None = None) -> list[str]:
+        page = text(get(site, f"/{SST2}", cookie))
+        return re.findall(r'<li><a href="/([^"]+)">', page.split('id="similar"', 1)[1].split("</section>")[0])
+
+    anonymous = similar()
+    assert NER in anonymous and SST2 not in anonymous and PRIVATE not in anonymous
+    assert PRIVATE in similar(site.bob)
+
+
 def test_private_repo_is_a_clear_404_until_login(site: Hub) -> None:
     hidden, missing = get(site, f"/{PRIVATE}"), get(site, "/acme/no-such-repo")
     assert hidden.status == missing.status == 404

@@ -25,6 +25,7 @@ from ..catalog import SearchHit, search_repos
 from ..catalog.query import conditions
 from ..db.models import Repo, SearchDoc, SearchTag
 from ..errors import BadName, HubError, RepoNotFound, RevisionNotFound
+from ..routes.artifacts import similar
 from ..routes.common import HubDep, base_url
 from ..settings import Hub
 from .login import Visitor, visitor
@@ -93,6 +94,15 @@ def not_found(request: Request, hub: Hub, who: Visitor, message: str) -> HTMLRes
     return _render(request, hub, who, "not_found.html", status=404, title="Not found", message=message)
 
 
+def similar_to(hub: Hub, caller: Caller | None, owner: str, name: str, commit: str) -> list[dict[str, Any]]:
+    """The readable adapters closest by weight embedding (none for an adapter without one)."""
+    try:
+        found: list[dict[str, Any]] = similar(owner, name, hub, caller, revision=commit, limit=5)["similar"]
+    except HubError:
+        return []
+    return found
+
+
 @router.get("/", response_class=HTMLResponse)
 def search_page(request: Request, hub: HubDep) -> HTMLResponse:
     """Search over the repos the visitor may read: ``q``, ``mode`` (hybrid, text, semantic),
@@ -132,7 +142,8 @@ def repo_page(owner: str, name: str, request: Request, hub: HubDep, rev: str = "
     try:
         with hub.db.read() as s:
             view = repo_view(s, hub, repo_id, who.caller, rev[:200])
-            return _render(request, hub, who, "repo.html", title=repo_id, view=view)
+            return _render(request, hub, who, "repo.html", title=repo_id, view=view,
+                           similar=similar_to(hub, who.caller, owner, name, view.commit.id))
     except (RepoNotFound, BadName):
         hint = "" if who.caller else " If it is private, log in with a token of one of its members."
         return not_found(request, hub, who, f"There is no repo {repo_id} here that you may read.{hint}")
