@@ -11,7 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,6 +20,7 @@ from ..core.version import __version__
 from .errors import HubError
 from .routes import artifacts, files, info, manage, search, upload
 from .settings import Hub
+from .web import missing_page, wants_page
 from .web import router as web_router
 
 log = logging.getLogger("adapterkit.hub")
@@ -59,9 +61,11 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(400, "BadRequest", _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         message = str(exc.detail) if exc.detail else "error"
         if exc.status_code == 404:
+            if wants_page(request):  # a browser on a path that is no page: the HTML 404
+                return await run_in_threadpool(missing_page, request)
             message = f"no route for {request.method} {request.url.path}"
         return error_response(exc.status_code, _CODES.get(exc.status_code, "Error"), message)
 

@@ -184,3 +184,8 @@ def test_api_routes_are_not_shadowed(site: Hub) -> None:
     schema = raw(site, "GET", "/openapi.json").json()
     assert "/" not in schema["paths"] and "/login" not in schema["paths"]  # never fuzzed, never listed
     assert get(site, "/-/static/hub.css").headers["content-type"].startswith("text/css")
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    nowhere = raw(site, "GET", f"/{SST2}/blob/main", headers=browser)
+    assert nowhere.status == 404 and f"There is no page at /{SST2}/blob/main" in text(nowhere)
+    assert raw(site, "GET", f"/{SST2}/blob/main").headers["x-error-code"] == "NotFound"  # an API client
+    assert raw(site, "GET", "/api/nothing", headers=browser).headers["content-type"] == "application/json"

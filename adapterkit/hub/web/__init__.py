@@ -8,9 +8,10 @@ search with filters at ``/``, a repo page at ``/{owner}/{name}``, and a token lo
 from fastapi import APIRouter
 
 from . import login, pages
+from .pages import missing_page, wants_page
 
 router = APIRouter(include_in_schema=False)
 router.include_router(login.router)
 router.include_router(pages.router)
 
-__all__ = ["router"]
+__all__ = ["missing_page", "router", "wants_page"]

@@ -94,6 +94,18 @@ def not_found(request: Request, hub: Hub, who: Visitor, message: str) -> HTMLRes
     return _render(request, hub, who, "not_found.html", status=404, title="Not found", message=message)
 
 
+def wants_page(request: Request) -> bool:
+    """A browser asking for a page (not an API client, and not under ``/api/``)."""
+    return (request.method == "GET" and "text/html" in request.headers.get("accept", "")
+            and not request.url.path.startswith("/api/"))
+
+
+def missing_page(request: Request) -> HTMLResponse:
+    """The HTML 404 for a path that is no page."""
+    hub: Hub = request.app.state.hub
+    return not_found(request, hub, visitor(request, hub), f"There is no page at {request.url.path[:300]}.")
+
+
 def similar_to(hub: Hub, caller: Caller | None, owner: str, name: str, commit: str) -> list[dict[str, Any]]:
     """The readable adapters closest by weight embedding (none for an adapter without one)."""
     try:
