@@ -24,32 +24,30 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "120")  # a shared, loaded machine: no client gives up
+os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "120")
 import safetensors.torch
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table, write
+from hub_refs import concurrent, local_rates, pct, raw_get, static_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"1 MB": 1 << 20, "30 MB": 30 << 20}
-ROUNDS = {("1 MB", 1): 30, ("1 MB", 16): 8, ("30 MB", 1): 10, ("30 MB", 16): 2}  # calls per client
+# calls per client and turn (two turns each for the hub and the static server)
+ROUNDS = {("1 MB", 1): 15, ("1 MB", 16): 4, ("30 MB", 1): 5, ("30 MB", 16): 1}
 if os.environ.get("HUB_BENCH_QUICK"):  # a smoke run of the script (its numbers mean nothing)
     ROUNDS = dict.fromkeys(ROUNDS, 1)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 @contextmanager
@@ -88,7 +86,11 @@ def hub_process(root: Path, db: str | None) -> Iterator[str]:
         yield url
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def adapter_folder(base: Path, size: int, seed: int) -> Path:
@@ -100,82 +102,45 @@ def adapter_folder(base: Path, size: int, seed: int) -> Path:
     return d
 
 
-def concurrent(clients: int, calls: int, one: Callable[[int], None]) -> tuple[list[float], float]:
-    """Latencies of ``clients`` threads making ``calls`` calls each, and the round's wall time."""
-    latencies: list[float] = []
-    lock, barrier = threading.Lock(), threading.Barrier(clients)
-
-    def run(c: int) -> None:
-        barrier.wait()
-        for i in range(calls):
-            t = time.perf_counter()
-            one(c * calls + i)
-            with lock:
-                latencies.append(time.perf_counter() - t)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return latencies, time.perf_counter() - start
-
-
-def local_rates(blob: Path, clients: int, calls: int, scratch: Path) -> dict[str, float]:
-    size = blob.stat().st_size
-
-    def read(_i: int) -> None:
-        with open(blob, "rb") as f:
-            while f.read(1 << 20):
-                pass
-
-    def copy(i: int) -> None:
-        dest = scratch / f"copy-{i}"
-        shutil.copyfile(blob, dest)
-        dest.unlink()
-
-    out = {}
-    for name, fn in (("read", read), ("copy", copy)):
-        fn(0)  # the page cache holds the blob, as it does for the server
-        _, wall = concurrent(clients, calls, fn)
-        out[name] = clients * calls * size / wall
-    return out
-
-
-def raw_get(url: str, repo: str, token: str) -> None:
-    """The server alone: one GET of the file, read into memory and dropped (urllib)."""
-    req = urllib.request.Request(f"{url}/{repo}/resolve/main/adapter_model.safetensors",
-                                 headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(req) as resp:
-        while resp.read(1 << 20):
-            pass
-
-
-def downloads(url: str, token: str, repo: str, label: str, blob: Path, scratch: Path) -> list[dict[str, Any]]:
+def hf_round(endpoint: str, token: str, repo: str, clients: int, calls: int,
+             scratch: Path) -> tuple[list[float], float]:
+    """``hf_hub_download`` into a fresh cache per call; the caches are removed after the round."""
     from huggingface_hub import hf_hub_download
 
-    rows = []
-    for clients in (1, 16):
-        calls = ROUNDS[(label, clients)]
+    caches = Path(tempfile.mkdtemp(dir=scratch))
 
-        def one(i: int, clients: int = clients) -> None:
-            cache = scratch / f"dl-{clients}-{i}"
-            hf_hub_download(repo, "adapter_model.safetensors", endpoint=url, token=token,
-                            cache_dir=str(cache))
-            shutil.rmtree(cache)
+    def one(i: int) -> None:
+        hf_hub_download(repo, "adapter_model.safetensors", endpoint=endpoint, token=token,
+                        cache_dir=str(caches / str(i)))
 
-        one(-1)  # warm the connection pool and the server's page cache
-        latencies, wall = concurrent(clients, calls, one)
-        rate = clients * calls * blob.stat().st_size / wall
-        local = local_rates(blob, clients, calls, scratch)
-        _, raw_wall = concurrent(clients, calls, lambda _i: raw_get(url, repo, token))
-        rows.append({"file": label, "clients": clients, "calls": clients * calls,
-                     "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * pct(latencies, 0.99),
-                     "mb_per_s": rate / 1e6, "local_read_mb_per_s": local["read"] / 1e6,
-                     "local_copy_mb_per_s": local["copy"] / 1e6, "ratio_read": rate / local["read"],
-                     "ratio_copy": rate / local["copy"],
-                     "raw_get_mb_per_s": clients * calls * blob.stat().st_size / raw_wall / 1e6})
+    one(-1)  # warm the connection pool and the server's page cache
+    try:
+        return concurrent(clients, calls, one)
+    finally:
+        shutil.rmtree(caches)
+
+
+def downloads(url: str, token: str, repo: str, label: str, blob: Path, scratch: Path,
+              commit: str) -> list[dict[str, Any]]:
+    rows, size = [], blob.stat().st_size
+    with static_server(blob, commit, blob.name) as static:
+        for clients in (1, 16):
+            calls, lat, wall, static_wall = ROUNDS[(label, clients)], [], 0.0, 0.0
+            for _rep in range(2):  # the hub and the reference server take turns
+                got, took = hf_round(url, token, repo, clients, calls, scratch)
+                lat, wall = lat + got, wall + took
+                static_wall += hf_round(static, token, repo, clients, calls, scratch)[1]
+            rate, static_rate = 2 * clients * calls * size / wall, 2 * clients * calls * size / static_wall
+            local = local_rates(blob, clients, calls, scratch)
+            _, raw_wall = concurrent(clients, calls, lambda _i: raw_get(url, repo, token))
+            rows.append({"file": label, "clients": clients, "calls": 2 * clients * calls,
+                         "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * pct(lat, 0.99),
+                         "mb_per_s": rate / 1e6, "local_read_mb_per_s": local["read"] / 1e6,
+                         "local_copy_mb_per_s": local["copy"] / 1e6, "ratio_read": rate / local["read"],
+                         "ratio_copy": rate / local["copy"], "static_mb_per_s": static_rate / 1e6,
+                         "ratio_static": rate / static_rate,
+                         "static_ratio_read": static_rate / local["read"],
+                         "raw_get_mb_per_s": clients * calls * size / raw_wall / 1e6})
     return rows
 
 
@@ -248,10 +213,10 @@ def run_backend(backend: str, pg: str | None) -> dict[str, Any]:
         for label, size in SIZES.items():
             repo = f"alice/dl-{label.replace(' ', '').lower()}"
             client.push_folder(adapter_folder(scratch, size, seed=size), repo)
-            sha = next(s["sha256"] for s in client.info(repo)["siblings"]
-                       if s["rfilename"] == "adapter_model.safetensors")
+            info = client.info(repo)
+            sha = next(s["sha256"] for s in info["siblings"] if s["rfilename"] == "adapter_model.safetensors")
             blob = scratch / "root" / "blobs" / sha[:2] / sha[2:4] / sha
-            rows += downloads(url, token, repo, label, blob, scratch)
+            rows += downloads(url, token, repo, label, blob, scratch, info["sha"])
         return {"downloads": rows, "push": push_latency(client, scratch),
                 "load": load_times(url, token, scratch)}
 
@@ -267,12 +232,16 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         rows = [(d["file"], str(d["clients"]), f"{d['p50_ms']:.1f}", f"{d['p99_ms']:.1f}",
                  f"{d['mb_per_s']:.0f}", f"{d['local_read_mb_per_s']:.0f}", f"{d['ratio_read']:.2f}",
-                 f"{d['ratio_copy']:.2f}", f"{d['raw_get_mb_per_s']:.0f}") for d in res["downloads"]]
+                 f"{d['ratio_copy']:.2f}", f"{d['static_mb_per_s']:.0f}", f"{d['static_ratio_read']:.2f}",
+                 f"{d['ratio_static']:.2f}", f"{d['raw_get_mb_per_s']:.0f}") for d in res["downloads"]]
         out += [f"## {backend}", "", "`hf_hub_download`, a fresh cache per call:", "",
                 table(rows, ("file", "clients", "p50 ms", "p99 ms", "MB/s", "local read MB/s",
-                             "ratio to read", "ratio to copy", "raw GET MB/s")), "",
-                "`raw GET`: the same file fetched with a plain `urllib` GET into memory at the same "
-                "concurrency, the server's share without the client's cache writes.", ""]
+                             "ratio to read", "ratio to copy", "static MB/s", "static / read",
+                             "hub / static", "raw GET MB/s")), "",
+                "`static`: `hf_hub_download` of the same file from `bench/hub_refs.py` (the standard "
+                "library's HTTP server with `sendfile`, no database), in turns with the hub: the client's "
+                "own ceiling. `raw GET`: the hub's file fetched with a plain `urllib` GET into memory at "
+                "the same concurrency, the server's share without the client's cache writes.", ""]
         p, ld = res["push"], res["load"]
         out += [f"Push of a 1 MB adapter: p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms "
                 f"({p['pushes']} pushes).", "",
