@@ -65,7 +65,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--served-model-name", help="the base model's id (default: --model)")
     s.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     s.add_argument("--max-num-seqs", type=int, default=32, help="rows in the running batch")
-    s.add_argument("--max-prefill-tokens", type=int, default=2048,
+    s.add_argument("--max-prefill-tokens", type=int, default=512,
                    help="prompt tokens prefilled per step")
     s.add_argument("--max-active-adapters", type=int, default=32,
                    help="distinct adapters in one batch")

@@ -1,10 +1,12 @@
 """The engine: one thread owns the model and runs iteration-level (continuous) batching.
 
 Each step: control messages (new sequences, aborts, adapter attach/remove) are applied; aborted
-and timed-out sequences leave; the scheduler admits waiting sequences; newcomers are prefilled
-(one forward per group of equal prompt length, a sequence with a prompt/prefix adapter alone) and
-their first token chosen; then one decode step runs for every running row, each row with its own
-adapter through the kit's ``Route``, over the slot cache of :mod:`.kvcache`; finished rows leave.
+and timed-out sequences leave; the scheduler admits waiting sequences; prompts are prefilled in
+chunks under the per-step prefill-token budget (:mod:`.prefill`: one forward per group of equal
+prompt length, a sequence with a prompt/prefix adapter alone), and a sequence whose prompt is done
+gets its first token and a row; then one decode step runs for every running row, each row with
+its own adapter through the kit's ``Route``, over the slot cache of :mod:`.kvcache`; finished rows
+leave. Under the static policy no row decodes while a prompt of its batch is still prefilling.
 Everything that touches the model or its adapter slots happens on this thread.
 """
 
@@ -25,6 +27,7 @@ from ..compose.blocks import BASE
 from ..kit import AdapterKit
 from .adapters import AdapterCache
 from .kvcache import SlotKV
+from .prefill import Job, jobs_of, plan
 from .protocol import ServeError
 from .sampling import choose
 from .scheduler import Scheduler, SchedulerConfig
@@ -46,6 +49,7 @@ class Engine:
         self.cache = AdapterCache(self.kit, budget_bytes, self.call, self._adapter_event)
         self.control: queue.SimpleQueue = queue.SimpleQueue()
         self.running: list[Sequence] = []  # in row order
+        self.jobs: list[Job] = []  # admitted sequences whose prompts are being prefilled
         self.pending = 0  # submitted, not yet admitted (guarded by _lock)
         self._lock = threading.Lock()
         self._aborted: set[str] = set()
@@ -144,9 +148,12 @@ class Engine:
                 traceback.print_exc()
                 for seq in list(self.running):
                     self._fail(seq, ServeError(500, f"the engine step failed: {exc}"))
+                for seq in [s for job in self.jobs for s in job.seqs]:
+                    self._fail(seq, ServeError(500, f"the engine step failed: {exc}"))
                 if self.kv is not None:
                     self.kv.lengths.clear()
                 self.running.clear()
+                self.jobs.clear()
 
     def _ready(self, seq: Sequence) -> bool:
         if self.cache.ready(seq.selection.digests):
@@ -165,7 +172,7 @@ class Engine:
                                        "(--queue-timeout)"))
         if not self.decoder:
             return
-        new = self.scheduler.admit(self.running, self._ready)
+        new = self.scheduler.admit(self.running + self.prefilling(), self._ready)
         broken, self._broken = self._broken, []
         self.scheduler.remove(broken)
         for seq in broken:
@@ -177,9 +184,11 @@ class Engine:
             seq.admitted = time.perf_counter()
             seq.entries = self.entries.of(seq.selection)
         if new:
-            self._prefill(new)
+            self.jobs += jobs_of(new, self.model.config)
+        if self.jobs:
+            self._prefill()
         self._finish_rows()
-        if self.running:
+        if self.running and not (self.config.policy == "static" and self.jobs):
             self._decode()
             self._finish_rows()
         self.steps += 1
@@ -198,9 +207,13 @@ class Engine:
         for seq in waiting:
             self._leave_queue(seq)
             self._release(seq, "abort")
-        for seq in self.running:
+        for seq in self.running + self.prefilling():
             if seq.request_id in gone:
                 seq.finished = "abort"
+        for job in [j for j in self.jobs if all(s.finished is not None for s in j.seqs)]:
+            self.jobs.remove(job)  # nobody waits for these prompts any more
+            for seq in job.seqs:
+                self._release(seq, "abort")
         self._finish_rows()
 
     # -- forwards -----------------------------------------------------------------------------
@@ -213,28 +226,33 @@ class Engine:
             with self.kit.route(entries):
                 return (module or self.model)(**kwargs)
 
-    def _prefill(self, new: list[Sequence]) -> None:
-        from transformers import DynamicCache
+    def prefilling(self) -> list[Sequence]:
+        return [s for job in self.jobs for s in job.seqs]
 
+    def _prefill(self) -> None:
+        """One chunk for each job the step's prefill budget reaches; finished jobs' rows join."""
         assert self.kv is not None
-        groups: dict[Any, list[Sequence]] = {}
-        for seq in new:
-            key = ("alone", id(seq)) if seq.selection.has_input else len(seq.prompt)
-            groups.setdefault(key, []).append(seq)
-        for group in groups.values():
-            ids = torch.tensor([s.prompt for s in group], device=self.device)
-            cache = DynamicCache(config=self.model.config)
+        for job, chunk in plan(self.jobs, self.config.max_prefill_tokens):
+            group = job.seqs
+            ids = torch.tensor([s.prompt[job.done:job.done + chunk] for s in group],
+                               device=self.device)
             out = self.forward([s.entries[0] for s in group], input_ids=ids, use_cache=True,
-                                logits_to_keep=1, **{self.cache_arg: cache})
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
-            for i, seq in enumerate(group):
-                layers: list[Any] = list(cache.layers)
-                kv = [(layer.keys[i], layer.values[i]) for layer in layers]
-                seq.row = self.kv.insert(kv)
-                self.running.append(seq)
+                                logits_to_keep=1, **{self.cache_arg: job.cache})
+            job.cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) \
+                or job.cache
+            job.done += chunk
             if self.metrics is not None:
-                self.metrics.prefill(sum(len(s.prompt) for s in group))
-            self._take(group, out.logits[:, -1])
+                self.metrics.prefill(chunk * len(group))
+            if job.left > 0:
+                continue
+            self.jobs.remove(job)
+            layers: list[Any] = list(job.cache.layers)
+            for i, seq in enumerate(group):
+                seq.row = self.kv.insert([(layer.keys[i], layer.values[i]) for layer in layers])
+                self.running.append(seq)
+            live = [i for i, s in enumerate(group) if s.finished is None]
+            if live:
+                self._take([group[i] for i in live], out.logits[live, -1])
 
     def _decode(self) -> None:
         assert self.kv is not None

@@ -2,13 +2,17 @@
 
 - Oldest first: waiting sequences are considered in arrival order.
 - A step admits sequences while free rows remain (``max_num_seqs``) and their prompt tokens fit
-  the prefill budget (``max_prefill_tokens``; the first one is admitted whatever its length).
+  the per-step prefill budget (``max_prefill_tokens``; the first one is admitted whatever its
+  length). The engine prefills at most that many prompt tokens per step, in chunks
+  (:mod:`.prefill`), so a long prompt takes several steps while the running rows decode.
 - A sequence whose adapters would bring the batch's distinct adapters past
   ``max_active_adapters`` waits, and the ones behind it are still considered. Each step it waits
   so counts; once it has waited ``patience`` steps, nothing behind it is admitted until it is,
   so the batch drains down to room for its adapters: no adapter starves.
 - A sequence whose adapter is still loading waits without holding up anyone.
-- ``static`` scheduling (the baseline) admits a new batch only when the running one is empty.
+- ``static`` scheduling (the baseline) admits a new batch only when the running one is empty,
+  and then fills every free row at once (a fixed batch; the prefill budget only sets how many
+  steps its prefill takes, and none of its rows decodes before all are prefilled).
 - The waiting queue is bounded (``max_waiting``: the server answers 429 beyond it), and a
   sequence waiting longer than ``queue_timeout`` seconds is answered with an error.
 """
@@ -25,7 +29,7 @@ from .sequence import Sequence
 @dataclass
 class SchedulerConfig:
     max_num_seqs: int = 32
-    max_prefill_tokens: int = 2048
+    max_prefill_tokens: int = 512
     max_active_adapters: int = 32
     max_waiting: int = 1024
     queue_timeout: float | None = None
@@ -72,7 +76,7 @@ class Scheduler:
                     break  # it starves otherwise: the batch drains until it fits
                 continue
             cost = len(seq.prompt)
-            if chosen and cost > budget:
+            if chosen and cost > budget and cfg.policy != "static":
                 break
             chosen.append(seq)
             budget -= cost
