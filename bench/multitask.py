@@ -7,7 +7,8 @@ token router); a Mixture whose experts and router train jointly; Arrow over the 
 task ids, no training); Poly/MHR and a HyperAdapter trained multi-task (with task ids). One
 budget for all (``Budget``). Seed 0 runs the rows of the goals' comparisons, seeds 1 and 2
 run those that seed 0 puts less than 2 points apart, then seed 0 runs the other rows
-(``MT_SEEDS=0,1,2`` runs every row for each seed listed). Trained adapters, heads and results are cached under
+(``MT_SEEDS=0,1,2`` runs every row for each seed listed, or the rows in ``MT_ROWS=a,b``: a
+second process can fill the cache beside the first). Trained adapters, heads and results are cached under
 ``runs/multitask/<budget>/`` (``MT_RUNS``), so an interrupted run resumes. Writes the table into
 docs/composition.md (``MT_DOC``) and bench/results/multitask.json. ``MT_STEPS`` sets the steps
 per task and ``MT_DEV_LIMIT`` evaluates on the first N dev examples of each task (none are
@@ -258,8 +259,10 @@ def main() -> int:
         seeds = [0, 1, 2]
     else:
         seeds = [int(s) for s in seeds_env.split(",")]
+        rows = ({r for r in os.environ["MT_ROWS"].split(",") if r} if "MT_ROWS" in os.environ
+                else None)  # MT_ROWS= (empty): no runs, the table from the cache
         for seed in seeds:
-            run_seed(seed, budget, data, tok, runs)
+            run_seed(seed, budget, data, tok, runs, rows)
     results = collect(runs, seeds)
     labels = {"single": "single-task LoRAs (r=8 on q, v; one per task)",
               **{k: v[0] for k, v in ROWS.items()}}

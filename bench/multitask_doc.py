@@ -81,6 +81,16 @@ def goals(results: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _missing(results: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str],
+             command: str) -> list[str]:
+    """A line naming the rows without results (the run stopped before them), if any."""
+    names = [labels[k] for k in labels if k not in results]
+    if not names:
+        return []
+    return ["", "Not run yet at this budget (the run stopped before them; the same command "
+            "resumes from its cache and adds them): " + "; ".join(names) + "."]
+
+
 def _seeds(n: int) -> str:
     return "one seed" if n == 1 else f"mean of {n} seeds"
 
@@ -98,6 +108,7 @@ def render(text: str, results: dict[str, dict[int, dict[str, Any]]], labels: dic
     env = ([f"MT_STEPS={budget.steps_per_task}"]
            if budget.steps_per_task != Budget.steps_per_task else [])
     env += [f"MT_DEV_LIMIT={dev_limit}"] if dev_limit is not None else []
+    env = [f"BENCH_THREADS={threads}", *env] if threads != 2 else env
     command = " ".join([*env, "python bench/multitask.py"])
     body = "\n".join([
         f"MiniLM (all-MiniLM-L6-v2), GLUE dev sets ({dev} examples). Budget for every row: "
@@ -114,9 +125,12 @@ def render(text: str, results: dict[str, dict[int, dict[str, Any]]], labels: dic
         "single-task LoRA and kept frozen in the rows over those LoRAs; trained afresh with the "
         "adapters in the joint Mixture, Poly and HyperAdapter rows. No row gets a task id "
         "at inference except Poly and HyperAdapter (each example's task, through `kit.tasks`); "
-        "every row uses its task's head. Adapter parameters exclude the heads. Made by "
+        "every row uses its task's head. Adapter parameters exclude the heads; train min is "
+        "the wall time of training on a shared machine (so it follows that machine's load). "
+        "Made by "
         f"`{command}`; results also in bench/results/multitask.json.",
-        "", *rows, "", "Goals, judged on these means:", "", *goals(results)])
+        "", *rows, *_missing(results, labels, command), "", "Goals, judged on these means:", "",
+        *goals(results)])
     start, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     return f"{start}{BEGIN}\n{body}\n{END}{tail}"
