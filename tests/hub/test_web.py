@@ -151,6 +151,7 @@ def test_login_sets_an_httponly_cookie_and_logout_drops_it(site: Hub) -> None:
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/" in cookie
     assert login(site, site.bob, next_path="//evil.example/x").headers["location"] == "/"
     assert login(site, site.bob, next_path="https://evil.example/").headers["location"] == "/"
+    assert login(site, site.bob, next_path="/\t/evil.example").headers["location"] == "/"
     wrong = login(site, "akh_not-a-token")
     assert wrong.status == 401 and "That token does not work" in text(wrong)
     assert "set-cookie" not in wrong.headers

@@ -59,6 +59,8 @@ def safe_next(target: str | None) -> str:
     """A path of this hub to return to (anything else, such as ``//evil`` or a URL, gives ``/``)."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
+    if any(ord(c) < 32 or ord(c) == 127 for c in target):  # browsers drop tabs: "/\t/x" is "//x"
+        return "/"
     parts = urllib.parse.urlsplit(target)
     return "/" if parts.scheme or parts.netloc else target
 
