@@ -17,6 +17,7 @@ client, a smoke run that writes nothing).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -199,7 +200,9 @@ def load_times(url: str, token: str, scratch: Path, rounds: int = 3) -> dict[str
 def run_backend(backend: str, pg: str | None) -> dict[str, Any]:
     from adapterkit.hub.admin import token_create
     from adapterkit.hub.settings import Hub
-    from adapterkit.io.hub import HubClient
+    from adapterkit.io.hub import HubClient, http
+
+    http.TIMEOUT_S = 600.0  # a commit indexes and derives in the request: slow on a loaded machine
 
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hub-bench-")))
@@ -269,6 +272,7 @@ def main() -> None:
             continue
         print(f"{backend} ...", flush=True)
         results["backends"][backend] = run_backend(backend, pg)
+        print(json.dumps(results["backends"][backend]), flush=True)  # kept in the log if a later part fails
     results["load_average"]["end"] = os.getloadavg()[0]
     if not os.environ.get("HUB_BENCH_QUICK"):
         write("hub", results)
