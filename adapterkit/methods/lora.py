@@ -147,7 +147,9 @@ class LoRAModule(AdapterModule):
             t = F.embedding(x, a.t(), base.padding_idx, base.max_norm, base.norm_type,
                             base.scale_grad_by_freq, base.sparse)
             return F.linear(t, b)
-        x = (self.drop(x) if drop else x).to(a.dtype)
+        x = self.drop(x) if drop else x
+        if not torch.is_autocast_enabled(x.device.type):  # autocast's kernels cast x itself:
+            x = x.to(a.dtype)  # a cast to fp32 here would be undone by a cast to bf16
         if isinstance(base, nn.Conv2d):
             t = F.conv2d(x, a, None, base.stride, base.padding, base.dilation)
             return F.conv2d(t, b[:, :, None, None])  # (N, r, H, W) -> (N, out, H, W)

@@ -36,14 +36,17 @@ def heldout_loss(model: Any, data: Sequence[SFTExample], pad_id: int,
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              batch_size: int = 8) -> list[list[int]]:
-    """Greedy continuations of token-id ``prompts`` (left-padded in batches), each cut after
-    its first end-of-sequence token."""
+    """Greedy continuations of token-id ``prompts``, in their order, each cut after its first
+    end-of-sequence token. Batches are formed by prompt length, so little left-padding is
+    computed."""
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
-    out: list[list[int]] = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
+    order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]))
+    out: list[list[int]] = [[] for _ in prompts]
+    for i in range(0, len(order), batch_size):
+        rows = order[i:i + batch_size]
+        chunk = [prompts[k] for k in rows]
         n = max(len(p) for p in chunk)
         ids = torch.full((len(chunk), n), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), n), dtype=torch.long)
@@ -52,8 +55,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_n
             mask[j, n - len(p):] = 1
         gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=pad, eos_token_id=eos)
-        for row in gen[:, n:].tolist():
-            out.append(row[:row.index(eos) + 1] if eos in row else row)
+        for k, row in zip(rows, gen[:, n:].tolist()):
+            out[k] = row[:row.index(eos) + 1] if eos in row else row
     return out
 
 

@@ -186,3 +186,23 @@ def test_half_base_gets_fp32_adapters_and_trains_under_autocast(dtype) -> None:
     assert all(not torch.equal(b, p) for b, p in zip(before, params))
     assert {p.dtype for p in kit.parameters("a")} == {torch.float32}
     assert losses[-1] < losses[0]
+
+
+def test_lora_under_autocast_matches_explicit_casts() -> None:
+    """Under autocast the input goes straight to the kernels (no fp32 round trip): the delta
+    equals the one computed from explicitly cast operands, for bf16 and fp32 inputs."""
+    lin = torch.nn.Linear(8, 6)
+    kit = ak.AdapterKit(torch.nn.Sequential(lin))
+    kit.add("a", ak.LoRA(r=2, targets=("0",)))
+    kit.activate("a")
+    mod = lin.adapterkit["a"]
+    torch.nn.init.normal_(mod.lora_B)
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(3, 8).to(dtype)
+        with torch.autocast("cpu", torch.bfloat16):
+            got = mod.delta(lin(x), x, lin)
+        a, b = mod.lora_A.bfloat16(), mod.lora_B.bfloat16()
+        want = (torch.nn.functional.linear(torch.nn.functional.linear(x.bfloat16(), a), b)
+                * mod.scale).bfloat16()
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
