@@ -7,9 +7,11 @@ arrive at fixed concurrency 1, 8 and 32, or as a Poisson stream, from the load c
 LoRA adapter for every request; K = 8 and 32 distinct LoRA adapters round-robin; K = 128 with a
 resident budget of 32 adapters; a mix of LoRA, IA3 and bottleneck adapters; the same server with
 ``--scheduler static``; a server that swaps PEFT adapters per batch (``bench/peft_server.py``);
-and the engine alone (no HTTP) for the streaming overhead.
+and the engine alone (no HTTP) for the streaming overhead. The ``vllm`` and ``fp32`` parts
+(``bench/serve_vs.py``) run vLLM's CPU build (``make vllm-venv``) beside it on the same cases.
 
     python bench/serve.py                 # SERVE_BENCH_SCALE=2 doubles every request count
+    SERVE_BENCH_ONLY=vllm,fp32 python bench/serve.py   # only the side by side with vLLM
 
 Servers run as subprocesses with ``SERVE_BENCH_THREADS`` torch threads (default 2); the load
 client shares the machine with them.

@@ -34,7 +34,9 @@ from serve_vllm import (
 )
 
 DTYPE = os.environ.get("SERVE_BENCH_DTYPE", "bfloat16")
-CONCURRENCY = (1, 8, 32)
+CONCURRENCY = tuple(int(c) for c in os.environ.get("SERVE_BENCH_CONCURRENCY", "1,8,32").split(","))
+#: the side-by-side cases to run (all when unset), e.g. "one adapter,K=32"
+CASES = [c for c in os.environ.get("SERVE_BENCH_CASES", "").split(",") if c]
 COUNTS = {1: n(2), 8: n(8), 32: n(32)}
 REPEATS = {1: 1, 8: 1, 32: int(os.environ.get("SERVE_BENCH_REPEATS", "2"))}
 #: requests per case only adapterkit serves (at c=32; 0 skips them)
@@ -81,7 +83,7 @@ def _check(info: dict, extra: dict, urls: dict[str, str]) -> dict[str, Any]:
     tok = T.AutoTokenizer.from_pretrained(info["model_dir"])
     prompts = [r.prompt for r in requests(info, [BASE_ID], 4, seed=21)]
     lora = info["names"]["lora"]
-    pairs = [(BASE_ID, p) for p in prompts] + [(m, prompts[i]) for i, m in enumerate(lora[:2])]
+    pairs = [(BASE_ID, p) for p in prompts] + [(lora[0], prompts[i]) for i in range(2)]
     for i, name in enumerate(extra["check"]):
         pairs += [(name, prompts[i]), (name, prompts[(i + 1) % 4])]
     return check(urls["adapterkit"], urls["vllm"], pairs, lambda t: tok.decode([t]))
@@ -132,7 +134,8 @@ def side_by_side(info: dict, root: Path, save: Callable[[dict], None] = lambda _
     ours = _ours(info, root, dtype, extra)
     out["startup_s"]["adapterkit"] = ours.startup_s
     try:
-        for i, (case, (models, loras)) in enumerate(_cases(info).items()):
+        chosen = {c: v for c, v in _cases(info).items() if not CASES or c in CASES}
+        for i, (case, (models, loras)) in enumerate(chosen.items()):
             more = extra["check"] if case == CHECK_CASE else []
             vl = vllm_server(info, root, dtype, loras, more, f"vllm-{dtype}-{case}")
             out["startup_s"][f"vllm {case}"] = vl.startup_s

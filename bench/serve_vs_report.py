@@ -106,15 +106,19 @@ def vs_markdown(vs: dict[str, Any]) -> list[str]:
             lines.append(f"| {g['goal']} | {_f(g['value'], '.3f')} | "
                          f"{'>=' if g['higher'] else '<='} {g['limit']} | {met} |")
         lines.append("")
-    lines += ["Output check (greedy, 32 tokens, one request at a time, K = 8 servers):",
+    lines += ["Output check (greedy, 32 tokens, one request at a time; base, one bench adapter "
+              "and four larger LoRA adapters):",
               _check_line(main["dtype"] if main else "main dtype", main and main.get("check")),
               _check_line("float32", fp32 and fp32.get("check")), ""]
     if main and fp32:
-        lines += ["| K=8 at c=32, out tok/s | float32 | " + main["dtype"] + " |", "|---|---|---|"]
+        cases = [c for c in ADAPTER_CASES if _row(main["rows"], "vllm", c)]
+        lines += [f"| out tok/s at c=32 | K=8, float32 | {' | '.join(cases)}, {main['dtype']} |",
+                  "|---|---|" + "---|" * len(cases)]
         for side in ("adapterkit", "vllm"):
-            f, b = _row(fp32["rows"], side, "K=8"), _row(main["rows"], side, "K=8")
-            lines.append(f"| {side} | {_f(f and f['output_throughput'], '.1f')} | "
-                         f"{_f(b and b['output_throughput'], '.1f')} |")
+            f = _row(fp32["rows"], side, "K=8")
+            b = [_row(main["rows"], side, c) for c in cases]
+            lines.append(f"| {side} | {_f(f and f['output_throughput'], '.1f')} | " +
+                         " | ".join(_f(r and r["output_throughput"], ".1f") for r in b) + " |")
         lines += ["", f"(float32 run {fp32['started']} to {fp32['finished']}.)", ""]
     return lines
 
