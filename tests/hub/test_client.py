@@ -60,7 +60,10 @@ def test_cache_is_shared_between_revisions(hub: Hub, tmp_path: Path) -> None:
     assert one != two
     a, b = one / "adapter.safetensors", two / "adapter.safetensors"
     assert os.stat(a).st_ino == os.stat(b).st_ino  # one blob on disk for both revisions
-    assert len(list((tmp_path / "cache" / "blobs").iterdir())) == 4  # 2 READMEs + config + weights
+    protos = one / "arrow_prototypes.safetensors", two / "arrow_prototypes.safetensors"
+    assert os.stat(protos[0]).st_ino == os.stat(protos[1]).st_ino  # same weights, same prototypes
+    # 2 READMEs + config + weights + the hub's Arrow prototypes of those weights
+    assert len(list((tmp_path / "cache" / "blobs").iterdir())) == 5
 
 
 def test_corrupt_download_is_refused_and_not_cached(hub: Hub, tmp_path: Path) -> None:

@@ -123,7 +123,8 @@ def text_ranked(s: Session, query: str, conds: list[ColumnElement[bool]], pool: 
         found = _sqlite_relevant(s, words, any_term, conds, pool)
     if not any_term and len(found) < pool:  # the Hugging Face meaning: a part of the repo id
         seen = {i for i, _ in found}
-        like = _docs(Repo.id).where(func.lower(Repo.full_name).contains(query.lower(), autoescape=True),
+        # a repo with no commit yet has no search document but is still found by its id
+        like = _base(Repo.id).where(func.lower(Repo.full_name).contains(query.lower(), autoescape=True),
                                     *conds).order_by(key if key is not None else Repo.full_name)
         found += [(i, 0.0) for i in s.scalars(like.limit(pool)) if i not in seen][:pool - len(found)]
     return found
