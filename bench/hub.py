@@ -69,13 +69,19 @@ def database(backend: str, pg: str | None) -> Iterator[str | None]:
 
 
 @contextmanager
-def hub_process(root: Path, db: str | None) -> Iterator[str]:
+def hub_process(root: Path, db: str | None, code: Path | None = None) -> Iterator[str]:
+    """``adapterkit hub serve`` in its own process; with ``code``, that source tree comes first
+    on the import path (and the server's stderr is dropped)."""
     from adapterkit.hub.server import free_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "adapterkit.cli", "hub", "serve", "--root", str(root), "--port", str(port),
            "--log-level", "warning"] + (["--db", db] if db else [])
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    if code is None:
+        proc = subprocess.Popen(cmd, cwd=ROOT)
+    else:
+        proc = subprocess.Popen(cmd, cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
+                                stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):

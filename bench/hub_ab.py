@@ -12,44 +12,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table
-from hub import SIZES, adapter_folder, database, hf_round
+from hub import SIZES, adapter_folder, database, hf_round, hub_process
 from hub_refs import pct
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextmanager
-def serve(code: Path, root: Path, db: str | None) -> Iterator[str]:
-    """``adapterkit hub serve`` with ``code`` first on the import path."""
-    from adapterkit.hub.server import free_port
-
-    port = free_port()
-    cmd = [sys.executable, "-m", "adapterkit.cli", "hub", "serve", "--root", str(root), "--port", str(port),
-           "--log-level", "warning"] + (["--db", db] if db else [])
-    proc = subprocess.Popen(cmd, cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(url + "/api/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def side(stack: ExitStack, code: Path, scratch: Path, backend: str, pg: str | None) -> tuple[str, str]:
@@ -62,7 +35,7 @@ def side(stack: ExitStack, code: Path, scratch: Path, backend: str, pg: str | No
     cmd = [sys.executable, "-m", "adapterkit.cli", "hub", "token", "create", *where, "--user", "alice",
            "--scope", "write"]  # by that code, so that the database has its own schema
     token = subprocess.run(cmd, cwd=code, env=env, check=True, capture_output=True, text=True).stdout.strip()
-    url = stack.enter_context(serve(code, root, db))
+    url = stack.enter_context(hub_process(root, db, code))
     client = HubClient(url, token, scratch / "push-cache")
     for label, size in SIZES.items():
         repo = f"alice/dl-{label.replace(' ', '').lower()}"
