@@ -95,7 +95,9 @@ def ensure_single(ctx: Context) -> dict[str, Any] | None:
     """Train (or load) the four single-task LoRAs and their heads; the result row when trained
     now, None when loaded."""
     d = ctx.dir / "single"
-    done = (d / "result.json").is_file()
+    # a result without its adapters or heads (a cache copied without weights) trains them again
+    done = (d / "result.json").is_file() and (d / "heads.safetensors").is_file() and all(
+        (d / name / "adapter_config.json").is_file() for name in LORAS)
     seconds = 0.0
     for t, name in zip(TASKS, LORAS):
         if done:
