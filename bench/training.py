@@ -5,10 +5,12 @@ each with gradient checkpointing off and on.
 
     python bench/training.py     # writes bench/results/training.{json,md,png}
     TRAIN_BENCH_STEPS=3 TRAIN_BENCH_WARMUP=1   # timed and untimed steps per case (defaults)
+    TRAIN_BENCH_ROUNDS=2                       # processes per case and library (default)
 
 Every case runs in its own process (so that its peak memory is its own), adapterkit and PEFT
-one after the other for each configuration. s/step is the median of the timed steps; peak
-memory is the largest resident set sampled during the steps (MiB, base model included).
+one after the other for each configuration, in alternating order over the rounds. s/step is
+the median of the timed steps, then the median over the rounds; peak memory is the largest
+resident set sampled during the steps (MiB, base model included), its median over the rounds.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 STEPS = int(os.environ.get("TRAIN_BENCH_STEPS", "3"))
 WARMUP = int(os.environ.get("TRAIN_BENCH_WARMUP", "1"))
+ROUNDS = int(os.environ.get("TRAIN_BENCH_ROUNDS", "2"))
 CONFIGS = [(base, ckpt) for base in ("fp32", "bf16-autocast", "nf4") for ckpt in (False, True)]
 BATCH, LENGTH, RANK = 4, 256, 16
 
@@ -118,6 +121,7 @@ def report(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     from common import table
 
     ratios, lines = [], []
+    loads = [r["loadavg"] for row in rows for r in row.get("rounds", [row])]
     for base, ckpt in CONFIGS:
         ours, peft = (next(r for r in rows if r["library"] == lib and r["base"] == base
                            and r["checkpointing"] == ckpt) for lib in ("adapterkit", "peft"))
@@ -132,7 +136,8 @@ def report(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
             "ours peak MiB", "PEFT peak MiB", "memory ours/PEFT")
     md = (f"SmolLM2-135M-Instruct, LoRA r={RANK} on every linear layer, batch {BATCH} x {LENGTH} "
           f"tokens, AdamW; median of {STEPS} timed step(s) after {WARMUP} untimed, one process "
-          "per case.\n\n"
+          f"per case, median over {ROUNDS} round(s) in alternating order; 1-minute load "
+          f"average {min(loads):.2f} to {max(loads):.2f}.\n\n"
           + table(lines, head) + f"\n\nCheckpoint bytes: adapterkit {ours_b:,}, PEFT {peft_b:,} "
           f"({rows[0]['trainable']:,} trainable parameters).\n")
     return md, ratios
@@ -158,17 +163,32 @@ def plot(ratios: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from a case's rounds: the median s/step and peak over its processes."""
+    row = dict(runs[0])
+    row["s_per_step"] = statistics.median(r["s_per_step"] for r in runs)
+    row["peak_mib"] = statistics.median(r["peak_mib"] for r in runs)
+    row["rounds"] = [{"s_per_step": r["s_per_step"], "peak_mib": r["peak_mib"],
+                      "loadavg": r["loadavg"]} for r in runs]
+    return row
+
+
 def main() -> None:
     from common import RESULTS, write
 
-    rows = []
+    runs: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
     for base, ckpt in CONFIGS:
-        for library in ("adapterkit", "peft"):
-            rows.append(_run(library, base, ckpt))
-            print(f"{library} {base} ckpt={ckpt}: {rows[-1]['s_per_step']:.2f} s/step, "
-                  f"{rows[-1]['peak_mib']:.0f} MiB", flush=True)
+        for round_ in range(ROUNDS):  # the order alternates, so drifting load hits both sides
+            order = ("adapterkit", "peft") if round_ % 2 == 0 else ("peft", "adapterkit")
+            for library in order:
+                load = os.getloadavg()[0]
+                run = {**_run(library, base, ckpt), "loadavg": round(load, 2)}
+                runs.setdefault((library, base, ckpt), []).append(run)
+                print(f"{library} {base} ckpt={ckpt} round {round_}: {run['s_per_step']:.2f} "
+                      f"s/step, {run['peak_mib']:.0f} MiB (load {load:.2f})", flush=True)
+    rows = [_merge(r) for r in runs.values()]
     md, ratios = report(rows)
-    write("training", {"steps": STEPS, "rows": rows, "ratios": ratios})
+    write("training", {"steps": STEPS, "rounds": ROUNDS, "rows": rows, "ratios": ratios})
     (RESULTS / "training.md").write_text(md)
     plot(ratios, RESULTS / "training.png")
     print(md)
