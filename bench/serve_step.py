@@ -1,6 +1,6 @@
 """Per-step cost of the serving engine on SmolLM2, without HTTP: milliseconds per decode step at
 batch 1, 8 and 32 (rows with 128-token prompts), for the base model, one LoRA adapter for every
-row, and 32 distinct LoRA adapters (r=8 on q and v).
+row, and 8 or 32 distinct LoRA adapters round-robin (r=8 on q and v).
 
     python bench/serve_step.py                        # this tree
     python bench/serve_step.py --against HEAD~3       # interleaved: a worktree of HEAD~3 and this
@@ -30,7 +30,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"
 THREADS = int(os.environ.get("SERVE_BENCH_THREADS", "2"))
 PROMPT = 128
-CASES = ("base", "lora1", "k32")
+CASES = ("base", "lora1", "k8", "k32")
+COUNT = {"lora1": 1, "k8": 8, "k32": 32}
 
 
 def adapters(root: Path, count: int = 32) -> list[Path]:
@@ -72,7 +73,7 @@ def engine_for(case: str, dtype: str, root: Path) -> Any:
     engine.thread = threading.current_thread()  # engine calls run inline, here
     names = []
     if case != "base":
-        for d in adapters(root)[: 1 if case == "lora1" else 32]:
+        for d in adapters(root)[: COUNT[case]]:
             engine.cache.register(d.name, d)
             names.append(d.name)
     return engine, names
@@ -173,7 +174,7 @@ def _worktree(rev: str) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", action="store_true")
-    ap.add_argument("--case", default="all", help="base, lora1, k32 or all")
+    ap.add_argument("--case", default="all", help="base, lora1, k8, k32 or all")
     ap.add_argument("--dtype", default="float32", help="comma-separated dtypes")
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--steps", type=int, default=8)
