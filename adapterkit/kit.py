@@ -49,6 +49,8 @@ class AdapterKit(Compositions, Routing):
     _records: dict[str, AdapterRecord]
     #: the dtype of new adapters' parameters (None: float32 on half and quantized hosts)
     adapter_dtype: torch.dtype | None
+    #: what the latest ``retrieve`` did (an ``adapterkit.io.hub.retrieve.Retrieval``), or None
+    last_retrieval: Any
 
     def __new__(cls, model: nn.Module, layout: str | Layout | None = None) -> AdapterKit:
         existing = model.__dict__.get(_ATTR)
@@ -69,6 +71,7 @@ class AdapterKit(Compositions, Routing):
         self._exec = Executor(model)
         self._records = {}
         self.adapter_dtype = None
+        self.last_retrieval = None
         model.__dict__[_ATTR] = self
         return self
 
@@ -315,17 +318,20 @@ class AdapterKit(Compositions, Routing):
         return push_adapter(self, name, repo, token=token, endpoint=endpoint, private=private,
                             format=format, **options)
 
-    def retrieve(self, query: str, k: int = 3, **options: Any) -> Any:
+    def retrieve(self, query: str, k: int = 3, **options: Any) -> Block | str:
         """Search the hub for the ``k`` best adapters for ``query`` that fit this model and that
         the token can read, pull them, activate a weighted ``Average`` (``mode="average"``) or
-        ``Stack`` (``mode="stack"``) of them with weights from their scores, and return a
-        ``Retrieval``: the ``composition`` activated, what was chosen (repo, revision, commit,
-        score, weight, reason) and what was skipped. ``options``: ``mode``, ``weighting``
-        (``normalize`` or ``softmax``), ``temperature``, ``endpoint``, ``token``, ``cache_dir``,
-        ``candidates`` and search filters. See ``adapterkit.io.hub.retrieve``."""
+        ``Stack`` (``mode="stack"``) of them with weights from their scores, and return the
+        composition it activated. What was chosen (repo, revision, commit, score, weight,
+        reason) and what was skipped is in ``kit.last_retrieval`` (a ``Retrieval``, with
+        ``report()``). ``options``: ``mode``, ``weighting`` (``normalize`` or ``softmax``),
+        ``temperature``, ``endpoint``, ``token``, ``cache_dir``, ``candidates`` and search
+        filters. See ``adapterkit.io.hub.retrieve``."""
         from .io.hub.retrieve import retrieve
 
-        return retrieve(self, query, k, **options)
+        got = retrieve(self, query, k, **options)
+        self.last_retrieval = got
+        return got.composition
 
     def search(self, query: str | None = None, **options: Any) -> list[Any]:
         """Search the hub for adapters that fit this kit's model (its module paths and weight

@@ -28,12 +28,13 @@ def load_model(name: str) -> Any:
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
     import adapterkit as ak
+    from adapterkit.io.hub.retrieve import retrieve
 
     filters = {k: v for k, v in (("method", args.method), ("task", args.task)) if v}
     kit = ak.AdapterKit(load_model(args.model))
-    got = kit.retrieve(args.query, k=args.k, mode=args.mode, weighting=args.weighting,
-                       temperature=args.temperature, endpoint=args.endpoint, token=args.token,
-                       **filters)
+    got = retrieve(kit, args.query, k=args.k, mode=args.mode, weighting=args.weighting,
+                   temperature=args.temperature, endpoint=args.endpoint, token=args.token,
+                   **filters)
     if args.save_setup:
         kit.save_setup(args.save_setup, names=got.names,
                        sources={c.name: f"hub://{c.repo_id}@{c.commit}" for c in got.chosen})

@@ -59,8 +59,10 @@ def test_retrieve_output_is_the_weighted_sum_of_the_deltas(library: Hub, tmp_pat
     scores = {"alice/ret-a": 0.6, "alice/ret-private": 0.5, "alice/ret-b": 0.2, "alice/ret-c": 0.1}
     model = build("bert")
     kit = ak.AdapterKit(model)
-    got = kit.retrieve("sentiment", k=2, endpoint=library.url, token=library.bob, cache_dir=tmp_path,
-                       search=fixed_search(scores))
+    comp = kit.retrieve("sentiment", k=2, endpoint=library.url, token=library.bob, cache_dir=tmp_path,
+                        search=fixed_search(scores))
+    got = kit.last_retrieval
+    assert comp is got.composition
     assert [c.repo_id for c in got.chosen] == ["alice/ret-a", "alice/ret-b"]  # the private one skipped
     assert got.skipped == [("alice/ret-private", "not readable with this token")]
     assert [c.weight for c in got.chosen] == pytest.approx([0.75, 0.25])  # 0.6 / 0.8, 0.2 / 0.8
@@ -75,22 +77,27 @@ def test_retrieve_output_is_the_weighted_sum_of_the_deltas(library: Hub, tmp_pat
 
 def test_retrieve_stack_and_softmax(library: Hub, tmp_path: Path) -> None:
     kit = ak.AdapterKit(build("bert"))
-    got = kit.retrieve("x", k=2, mode="stack", weighting="softmax", temperature=0.5,
-                       endpoint=library.url, token=library.alice, cache_dir=tmp_path,
-                       search=fixed_search({"alice/ret-c": 0.3, "alice/ret-private": 0.1}))
+    comp = kit.retrieve("x", k=2, mode="stack", weighting="softmax", temperature=0.5,
+                        endpoint=library.url, token=library.alice, cache_dir=tmp_path,
+                        search=fixed_search({"alice/ret-c": 0.3, "alice/ret-private": 0.1}))
+    got = kit.last_retrieval
     w = weights_from_scores([0.3, 0.1], "softmax", 0.5)
     top = 1 / (1 + math.exp(-0.4))  # exp(0.3 / 0.5) / (exp(0.3 / 0.5) + exp(0.1 / 0.5))
     assert w == pytest.approx([top, 1 - top])
-    assert got.composition == Stack(*(Average(n, weights=[v]) for n, v in zip(got.names, w)))
+    assert comp == kit.composition == Stack(*(Average(n, weights=[v]) for n, v in zip(got.names, w)))
     assert [c.repo_id for c in got.chosen] == ["alice/ret-c", "alice/ret-private"]  # alice reads it
 
 
 def test_retrieve_leaves_the_kit_unchanged_when_nothing_fits(library: Hub, tmp_path: Path) -> None:
     kit = ak.AdapterKit(build("bert"))
+    kit.retrieve("x", k=1, endpoint=library.url, token=library.bob, cache_dir=tmp_path,
+                 search=fixed_search({"alice/ret-a": 1.0}))
+    before, names = kit.last_retrieval, kit.names
     with pytest.raises(AdapterError, match="no compatible adapter"):
         kit.retrieve("x", endpoint=library.url, token=library.bob, cache_dir=tmp_path,
                      search=fixed_search({"alice/ret-private": 1.0, "alice/missing": 0.5}))
-    assert kit.names == [] and kit.composition is None
+    assert kit.names == names and kit.composition == before.composition
+    assert kit.last_retrieval is before  # the report of the last retrieval that succeeded
     with pytest.raises(AdapterError, match="mode must be one of"):
         kit.retrieve("x", mode="sum", endpoint=library.url, search=fixed_search({}))
 
@@ -122,8 +129,9 @@ def test_a_purged_repo_is_retrieved_by_nothing(library: Hub, tmp_path: Path) -> 
     HfApi(endpoint=library.url, token=library.alice).delete_repo("alice/ret-gone")
     purge(library.server.hub, grace_s=0)
     kit = ak.AdapterKit(build("bert"))
-    got = kit.retrieve("x", k=2, endpoint=library.url, token=library.alice, cache_dir=tmp_path,
-                       search=fixed_search({"alice/ret-gone": 0.9, "alice/ret-a": 0.1}))
+    kit.retrieve("x", k=2, endpoint=library.url, token=library.alice, cache_dir=tmp_path,
+                 search=fixed_search({"alice/ret-gone": 0.9, "alice/ret-a": 0.1}))
+    got = kit.last_retrieval
     assert [c.repo_id for c in got.chosen] == ["alice/ret-a"]  # a stale hit is not pulled
     assert got.skipped == [("alice/ret-gone", "not readable with this token")]
     with pytest.raises(RepoNotFoundError, match="alice/ret-gone"):
@@ -137,10 +145,12 @@ def test_retrieve_through_the_hubs_search_filters_by_access(library: Hub, tmp_pa
     kit = ak.AdapterKit(build("bert"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a hub without the embedding model searches by text
-        got = kit.retrieve("adapterkit lora adapter", k=10, endpoint=library.url, token=library.bob,
-                           cache_dir=tmp_path)
-        mine = kit.retrieve("adapterkit lora adapter", k=10, endpoint=library.url,
-                            token=library.alice, cache_dir=tmp_path / "alice")
+        kit.retrieve("adapterkit lora adapter", k=10, endpoint=library.url, token=library.bob,
+                     cache_dir=tmp_path)
+        got = kit.last_retrieval
+        kit.retrieve("adapterkit lora adapter", k=10, endpoint=library.url,
+                     token=library.alice, cache_dir=tmp_path / "alice")
+        mine = kit.last_retrieval
     found = {c.repo_id for c in got.chosen}
     assert {"alice/ret-a", "alice/ret-b", "alice/ret-c"} <= found
     assert "alice/ret-private" not in found and not got.skipped  # the search never offered it

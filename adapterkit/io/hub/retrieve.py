@@ -58,8 +58,9 @@ class Choice:
 
 @dataclass
 class Retrieval:
-    """What ``kit.retrieve`` did: the ``composition`` it activated, the adapters it chose (best
-    first) and the hits it skipped, with why."""
+    """What :func:`retrieve` did: the ``composition`` it activated, the adapters it chose (best
+    first) and the hits it skipped, with why. ``kit.retrieve`` returns the composition and keeps
+    this in ``kit.last_retrieval``."""
 
     query: str
     mode: str
