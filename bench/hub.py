@@ -69,9 +69,10 @@ def database(backend: str, pg: str | None) -> Iterator[str | None]:
 
 
 @contextmanager
-def hub_process(root: Path, db: str | None, code: Path | None = None) -> Iterator[str]:
+def hub_process(root: Path, db: str | None, code: Path | None = None,
+                pids: list[int] | None = None) -> Iterator[str]:
     """``adapterkit hub serve`` in its own process; with ``code``, that source tree comes first
-    on the import path (and the server's stderr is dropped)."""
+    on the import path (and the server's stderr is dropped). The process id is appended to ``pids``."""
     from adapterkit.hub.server import free_port
 
     port = free_port()
@@ -82,6 +83,8 @@ def hub_process(root: Path, db: str | None, code: Path | None = None) -> Iterato
     else:
         proc = subprocess.Popen(cmd, cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
                                 stderr=subprocess.DEVNULL)
+    if pids is not None:
+        pids.append(proc.pid)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):

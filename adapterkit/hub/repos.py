@@ -8,7 +8,7 @@ answered exactly as a missing one: ``RepoNotFound``, 401 without a token and 404
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from .accounts import RANK, Caller
@@ -37,6 +37,12 @@ def get_repo(session: Session, repo_id: str, caller: Caller | None, need: str = 
     owner_name, _ = split_repo_id(repo_id)
     repo = session.scalar(select(Repo).where(Repo.full_name == repo_id))
     owner = session.scalar(select(Account).where(Account.name == owner_name)) if repo else None
+    return check_access(repo_id, repo, owner, caller, need)
+
+
+def check_access(repo_id: str, repo: Repo | None, owner: Account | None, caller: Caller | None,
+                 need: str = "read") -> Repo:
+    """``repo`` if it exists and the caller has ``need`` on it (see :func:`get_repo`)."""
     if repo is None or owner is None:
         raise not_found(repo_id, caller)
     role = role_on(caller, owner)
@@ -84,6 +90,29 @@ def resolve(session: Session, repo: Repo, revision: str) -> Commit:
         raise RevisionNotFound(f"Invalid rev id: {revision} (no branch, tag or commit of "
                                f"{repo.full_name} has this name)")
     return commit
+
+
+def locate(session: Session, repo_id: str, revision: str, path: str,
+           caller: Caller | None) -> tuple[Repo, str, File | None]:
+    """The repo, the commit id ``revision`` names and the file at ``path`` there (None when the
+    commit has no such file), in one query; the same answers as :func:`get_repo` (read access)
+    and :func:`resolve` give."""
+    split_repo_id(repo_id)
+    by_id = COMMIT_ID.fullmatch(revision) is not None
+    target = func.coalesce(Ref.commit_id, Commit.id) if by_id else Ref.commit_id
+    q = (select(Repo, Account, target, File)
+         .join(Account, Account.id == Repo.owner_id)
+         .outerjoin(Ref, and_(Ref.repo_id == Repo.id, Ref.name == revision)))
+    if by_id:  # a ref of that name wins, as in resolve()
+        q = q.outerjoin(Commit, and_(Commit.id == revision, Commit.repo_id == Repo.id))
+    q = q.outerjoin(File, and_(File.commit_id == target, File.path == path))
+    rows = session.execute(q.where(Repo.full_name == repo_id).order_by(Ref.kind).limit(1)).first()
+    repo = check_access(repo_id, rows[0] if rows else None, rows[1] if rows else None, caller)
+    assert rows is not None
+    if rows[2] is None:
+        raise RevisionNotFound(f"Invalid rev id: {revision} (no branch, tag or commit of "
+                               f"{repo.full_name} has this name)")
+    return repo, str(rows[2]), rows[3]
 
 
 def files_of(session: Session, commit_id: str) -> dict[str, File]:

@@ -1,5 +1,6 @@
 """Running the hub: on uvicorn in the foreground (``adapterkit hub serve``) or in a background
-thread of the current process (:class:`ServerThread`, for tests and benchmarks)."""
+thread of the current process (:class:`ServerThread`, for tests and benchmarks); either way on
+uvicorn's h11 protocol with zero-copy file bodies (:mod:`.zerocopy`)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,15 @@ def serve(settings: HubSettings, host: str = "127.0.0.1", port: int = 8500, log_
     never committed within the grace period are collected."""
     import uvicorn
 
+    from .zerocopy import ZeroCopyH11Protocol
+
     hub = Hub(settings)
     stop = threading.Event()
     if collect_every_s > 0:
         threading.Thread(target=_collector, args=(hub, collect_every_s, stop), daemon=True).start()
     try:
         uvicorn.run(create_app(hub), host=host, port=port, log_level=log_level, access_log=False,
-                    timeout_keep_alive=30)
+                    timeout_keep_alive=30, http=ZeroCopyH11Protocol)
     finally:
         stop.set()
         hub.close()
@@ -55,11 +58,13 @@ class ServerThread:
     def __init__(self, root: str | Path, db_url: str | None = None, **options: object) -> None:
         import uvicorn
 
+        from .zerocopy import ZeroCopyH11Protocol
+
         self.hub = Hub.open(root, db_url, **options)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(create_app(self.hub), host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, timeout_keep_alive=30)
+                                access_log=False, timeout_keep_alive=30, http=ZeroCopyH11Protocol)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -8,18 +8,23 @@ the Hugging Face client caches as "known missing" for that commit.
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+from starlette.types import Receive, Scope, Send
 
 from ..catalog import count_download
 from ..db.models import File
 from ..errors import EntryNotFound, HubError, RepoNotFound
 from ..names import check_path
-from ..repos import files_of, get_repo, resolve
+from ..repos import files_of, get_repo, locate, resolve
+from ..zerocopy import ZEROCOPY
 from .common import CallerDep, HubDep, actor, page_link, remote
 
 router = APIRouter()
@@ -29,7 +34,44 @@ DOWNLOAD_FILE = "adapter_config.json"  # a full fetch of this file counts as a d
 
 
 class BlobResponse(FileResponse):
+    """A blob's bytes from an open file: whole (200) or one range (206), handed to the server
+    with ``http.response.zerocopysend`` where it offers that (see :mod:`..zerocopy`), else read
+    in 1 MiB chunks. Any other request (HEAD, several ranges, a bad one) is FileResponse's."""
+
     chunk_size = 1 << 20
+
+    def __init__(self, file: BinaryIO, headers: dict[str, str]) -> None:
+        self.file = file
+        super().__init__(file.name, headers=headers, stat_result=os.fstat(file.fileno()))
+
+    def _span(self, scope: Scope, size: int) -> tuple[int, int, int] | None:
+        """(status, start, end) of a single-range or whole answer; None for FileResponse's."""
+        req = Headers(scope=scope)
+        ranged, if_range = req.get("range"), req.get("if-range")
+        if ranged is None or (if_range is not None and not self._should_use_range(if_range)):
+            return 200, 0, size
+        try:
+            spans = self._parse_range_header(ranged, size)
+        except (MalformedRangeHeader, RangeNotSatisfiable):
+            return None
+        return (206, *spans[0]) if len(spans) == 1 else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self.file:
+            size = os.fstat(self.file.fileno()).st_size
+            span = self._span(scope, size) if scope["type"] == "http" and scope["method"] == "GET" \
+                and ZEROCOPY in scope.get("extensions", {}) else None
+            if span is None:
+                await super().__call__(scope, receive, send)
+                return
+            status, start, end = span
+            headers = MutableHeaders(raw=list(self.raw_headers))
+            if status == 206:
+                headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
+            headers["content-length"] = str(end - start)
+            await send({"type": "http.response.start", "status": status, "headers": headers.raw})
+            await send({"type": ZEROCOPY, "file": self.file, "offset": start, "count": end - start,
+                        "more_body": False})
 
 
 def _check_range(header: str | None, size: int) -> None:
@@ -63,24 +105,23 @@ def resolve_file(owner: str, name: str, revision: str, path: str, request: Reque
                  caller: CallerDep) -> Response:
     """A file's bytes (GET, Range answered with 206) or its metadata alone (HEAD)."""
     repo_id = f"{owner}/{name}"
-    with hub.db.read() as s:
-        repo = get_repo(s, repo_id, caller)
-        commit = resolve(s, repo, revision)
-        check_path(path)
-        f = s.get(File, (commit.id, path))
-        if f is None:
-            raise EntryNotFound(f"{path} does not exist at {revision} of {repo_id}", commit=commit.id)
-    headers = file_headers(f, commit.id)
+    with hub.db.read() as s:  # one query: the repo, its owner, the commit and the file
+        repo, commit_id, f = locate(s, repo_id, revision, path, caller)
+    check_path(path)
+    if f is None:
+        raise EntryNotFound(f"{path} does not exist at {revision} of {repo_id}", commit=commit_id)
+    headers = file_headers(f, commit_id)
     if request.method == "HEAD":
         return Response(status_code=200, headers={**headers, "Content-Length": str(f.size)})
-    blob = hub.store.path(f.blob)
-    if not blob.is_file():
-        raise HubError(f"the blob of {path} is missing from the store; run 'adapterkit hub verify'",
-                       status=500, code="BlobMissing")
     ranged = request.headers.get("range")
     _check_range(ranged, f.size)
+    try:
+        blob = hub.store.open(f.blob)
+    except FileNotFoundError:
+        raise HubError(f"the blob of {path} is missing from the store; run 'adapterkit hub verify'",
+                       status=500, code="BlobMissing") from None
     if ranged is None or ranged.strip().startswith("bytes=0-"):
-        hub.pulls.add(actor(caller), repo_id, revision=commit.id, path=path, remote=remote(request))
+        hub.pulls.add(actor(caller), repo_id, revision=commit_id, path=path, remote=remote(request))
         if path == DOWNLOAD_FILE:  # the search's download count is exact (the audit row is queued)
             with hub.db.write() as s:
                 count_download(s, repo.id)
