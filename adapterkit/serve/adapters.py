@@ -61,6 +61,7 @@ class Registered:
     method: str
     kind: MethodKind
     created: int = field(default_factory=lambda: int(time.time()))
+    origin: tuple[str, str] | None = None  # (hub repo, revision) of a hub:// source
 
 
 @dataclass
@@ -241,19 +242,21 @@ class AdapterCache:
         self.evict()
 
     # -- front end -----------------------------------------------------------------------------
-    def register(self, name: str, source: str | os.PathLike) -> Registered:
-        """Resolve, load and attach ``source`` as ``name`` (blocking; not on the engine thread).
-        The registry is unchanged if this raises."""
+    def register(self, name: str, source: str | os.PathLike, path: Path | None = None,
+                 origin: tuple[str, str] | None = None) -> Registered:
+        """Resolve (unless ``path`` is where it was pulled to), load and attach ``source`` as
+        ``name`` (blocking; not on the engine thread). The registry is unchanged if this raises."""
         with self.lock:
             if name in self.registered:
                 raise AlreadyLoaded(name)
-        path = resolve(source)
+        path = resolve(source) if path is None else path
         loaded = self.pool.submit(self._load, path, None).result()
         if loaded.record is not None:
             res = self.engine_call(lambda: self._attach(loaded)).result()
         else:
             res = self.engine_call(lambda: self._resident_or_load(loaded)).result()
-        reg = Registered(name, os.fspath(source), path, loaded.digest, res.method, res.kind)
+        reg = Registered(name, os.fspath(source), path, loaded.digest, res.method, res.kind,
+                         origin=origin)
         with self.lock:
             if name in self.registered:
                 raise AlreadyLoaded(name)

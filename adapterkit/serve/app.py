@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ..errors import AdapterError
+from .access import HubAccess, bearer, hub_origin, requested_names
 from .adapters import AlreadyLoaded
 from .engine import Engine
 from .metrics import Metrics
@@ -38,6 +39,7 @@ class State:
     runtime_lora: bool = False
     ready: bool = False
     heads: dict[str, Any] = field(default_factory=dict)  # encoder classification heads
+    access: HubAccess = field(default_factory=HubAccess)  # callers' read access to hub adapters
 
     @property
     def base_ids(self) -> set[str]:
@@ -91,9 +93,11 @@ def _info(app: FastAPI, state: State) -> None:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
-    async def models() -> JSONResponse:
+    async def models(request: Request) -> JSONResponse:
         cards = [ModelCard(id=state.model_id, root=state.root, max_model_len=state.max_model_len)]
-        for reg in state.engine.cache.names():
+        regs = await asyncio.to_thread(state.access.readable, state.engine.cache.names(),
+                                       bearer(request.headers))
+        for reg in regs:
             cards.append(ModelCard(id=reg.name, root=reg.source, parent=state.model_id,
                                    created=reg.created, max_model_len=state.max_model_len))
         return JSONResponse({"object": "list", "data": [c.model_dump() for c in cards]})
@@ -105,6 +109,7 @@ def _tasks(app: FastAPI, state: State) -> None:
         from .generate import completions
 
         _need(state, "generate")
+        await _readable(state, req, request)
         return await completions(state, req, request)
 
     @app.post("/v1/chat/completions")
@@ -112,31 +117,50 @@ def _tasks(app: FastAPI, state: State) -> None:
         from .generate import chat
 
         _need(state, "generate")
+        await _readable(state, req, request)
         return await chat(state, req, request)
 
     @app.post("/v1/embeddings")
-    async def embeddings(req: EmbeddingRequest) -> Any:
+    async def embeddings(req: EmbeddingRequest, request: Request) -> Any:
         from .encoders import embeddings
 
         _need(state, "encode")
+        await _readable(state, req, request)
         return await embeddings(state, req)
 
     @app.post("/classify")
-    async def classify(req: ClassifyRequest) -> Any:
+    async def classify(req: ClassifyRequest, request: Request) -> Any:
         from .encoders import classify
 
         _need(state, "encode")
+        await _readable(state, req, request)
         return await classify(state, req)
+
+
+async def _readable(state: State, req: Any, request: Request) -> None:
+    """404, as for a name that does not exist, when the request names an adapter from a hub
+    repo the caller's token cannot read (see ``serve.access``)."""
+    token = bearer(request.headers)
+    for name in requested_names(req):
+        reg = state.engine.cache.lookup(name)
+        if reg is not None and reg.origin is not None and \
+                not await asyncio.to_thread(state.access.can_read, *reg.origin, token):
+            raise ServeError(404, f"The model `{name}` does not exist.", "NotFoundError",
+                             "model" if name == req.model else "adapters")
 
 
 def _adapters(app: FastAPI, state: State) -> None:
     @app.post("/v1/load_lora_adapter")
-    async def load(req: LoadLoRAAdapterRequest) -> Any:
+    async def load(req: LoadLoRAAdapterRequest, request: Request) -> Any:
         _runtime(state)
         if req.lora_name in state.base_ids:
             raise ServeError(400, f"'{req.lora_name}' is the base model's name", param="lora_name")
         try:
-            await asyncio.to_thread(state.engine.cache.register, req.lora_name, req.lora_path)
+            origin = hub_origin(req.lora_path)
+            path = None if origin is None else await asyncio.to_thread(
+                state.access.pull, req.lora_path, bearer(request.headers))  # the caller's token
+            await asyncio.to_thread(state.engine.cache.register, req.lora_name, req.lora_path,
+                                    path, origin)
         except AlreadyLoaded as exc:
             raise ServeError(400, str(exc), "InvalidUserInput", "lora_name") from None
         except AdapterError as exc:
@@ -145,9 +169,15 @@ def _adapters(app: FastAPI, state: State) -> None:
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
 
     @app.post("/v1/unload_lora_adapter")
-    async def unload(req: UnloadLoRAAdapterRequest) -> Any:
+    async def unload(req: UnloadLoRAAdapterRequest, request: Request) -> Any:
         _runtime(state)
+        reg = state.engine.cache.lookup(req.lora_name)
+        if reg is not None and not await asyncio.to_thread(state.access.readable, [reg],
+                                                           bearer(request.headers)):
+            reg = None
         try:
+            if reg is None:
+                raise KeyError(req.lora_name)
             await asyncio.to_thread(state.engine.cache.unregister, req.lora_name)
         except KeyError:
             raise ServeError(404, f"The lora adapter '{req.lora_name}' cannot be found.",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AdapterError
+from .access import hub_origin
 from .app import State, build_app
 from .engine import Engine
 from .metrics import Metrics
@@ -81,7 +82,7 @@ def create_state(opts: Options) -> State:
         for name, source in opts.adapters:
             if name in state.base_ids:
                 raise AdapterError(f"--adapter {name}=...: {name!r} is the base model's name")
-            engine.cache.register(name, source)
+            engine.cache.register(name, source, origin=hub_origin(source))
     except Exception:
         engine.shutdown()
         raise
