@@ -241,6 +241,7 @@ class AdapterKit(Compositions, Routing):
                 if error is not None:
                     report.rounding_error[host_path] = error
         record.merged = True
+        self._exec.epoch += 1  # compiled routes checked the merged flags
         if report.rounding_error:
             warnings.warn(f"merging {name!r} requantized {len(report.rounding_error)} quantized "
                           f"weight(s): the largest rounding error is {report.max_error:.3g}",
@@ -262,6 +263,7 @@ class AdapterKit(Compositions, Routing):
             for host_path, module in record.modules.items():
                 unfold(self.model.get_submodule(host_path), module)
         record.merged = False
+        self._exec.epoch += 1
 
     def unmerge(self, name: str | None = None) -> None:
         """Take merged adapters (one, or all) back out of the base weights."""

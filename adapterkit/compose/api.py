@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 from torch import nn
 
 from .blocks import Block, Child, Composition, CompositionError, Fuse, Route, as_composition, walk
-from .compile import Plan
+from .compile import Plan, compile_plan
 from .parallel import split_parallel
 
 if TYPE_CHECKING:
@@ -50,11 +50,23 @@ class Compositions:
         ``strategy`` forces a LoRA kernel: ``"dense"`` slots, ``"gather"``ed weights, the
         generic ``"loop"``, or ``"auto"`` (default: by K, tokens per row and rank)."""
         before = self._exec.state.plan
-        self.activate(Route(ids), strategy=strategy)
+        self._exec.set_plan(self._route_plan(ids, strategy))
         try:
             yield
         finally:
             self._exec.set_plan(before if before is not None else Plan(None, None, ()))
+
+    def _route_plan(self, ids: Sequence[Child], strategy: str | None) -> Plan:
+        """The compiled ``Route(ids)``, reused while the kit's adapters are unchanged (a server
+        routes the same rows on every decoding step)."""
+        def compile() -> Plan:
+            return compile_plan(cast("AdapterKit", self), Route(ids), strategy)
+        try:
+            key = (tuple(ids), strategy)
+            hash(key)
+        except TypeError:  # an entry that is no composition: compiling names the problem
+            return compile()
+        return self._exec.route_plan(key, compile)
 
     def add_fusion(self, fuse: Fuse, temperature: float = 1.0) -> str:
         """Add the fusion layer of ``fuse`` (named ``fuse.name``) over its adapters; returns the

@@ -10,7 +10,8 @@ to a :class:`Tap`; the hook hands each adapter its input (tapped or the host's) 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, cast
 
 from torch import nn
@@ -39,12 +40,14 @@ class KitState:
 
 class AdapterSlot(nn.ModuleDict):
     """The adapter modules of one host, by adapter name. ``taps``: the taps its modules read;
-    ``route_cache``: routing plans and stacked weights, cleared whenever the contents change."""
+    ``route_cache``: routing plans and stacked weights, cleared whenever the contents change;
+    ``version``: counts those changes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.taps: tuple[Tap, ...] = ()
         self.route_cache = StackCache()
+        self.version = 0
 
     def adapter(self, name: str) -> AdapterModule | None:
         """The adapter module ``name`` at this host, or None."""
@@ -54,6 +57,7 @@ class AdapterSlot(nn.ModuleDict):
         modules = cast("Iterable[AdapterModule]", self.values())
         self.taps = tuple(dict.fromkeys(m.tap for m in modules if m.tap is not None))
         self.route_cache.clear()
+        self.version += 1
 
 
 class SlotHook:
@@ -90,15 +94,32 @@ class TapHook:
 
 
 class Executor:
-    """Owns the slots, hooks and taps of one model."""
+    """Owns the slots, hooks and taps of one model. ``epoch`` counts the changes compiled plans
+    depend on (adapters attached or detached, merged or unmerged); ``route_plans`` keeps
+    compiled routes by their entries, valid while the epoch is the one they were compiled in."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.state = KitState()
+        self.epoch = 0
+        self.route_plans: OrderedDict[Hashable, tuple[int, Any]] = OrderedDict()
         self._hooks: dict[str, RemovableHandle] = {}
         self._taps: dict[str, tuple[Tap, RemovableHandle, int]] = {}
         self._parallel: RemovableHandle | None = None
         self._inputs: RemovableHandle | None = None  # the pre-hook of prompt/prefix adapters
+
+    def route_plan(self, key: Hashable, compile: Callable[[], Any], size: int = 64) -> Any:
+        """The plan compiled for ``key`` in this epoch, else ``compile()`` (kept, LRU)."""
+        hit = self.route_plans.get(key)
+        if hit is not None and hit[0] == self.epoch:
+            self.route_plans.move_to_end(key)
+            return hit[1]
+        plan = compile()
+        self.route_plans[key] = (self.epoch, plan)
+        self.route_plans.move_to_end(key)
+        while len(self.route_plans) > size:
+            self.route_plans.popitem(last=False)
+        return plan
 
     def set_plan(self, plan: Any) -> None:
         """Run ``plan`` (a ``compose.compile.Plan``) from the next forward on."""
@@ -132,6 +153,7 @@ class Executor:
         if input_path is not None:
             module.tap = self._tap(input_path)
         slot.changed()
+        self.epoch += 1
         module.attached(host)
 
     def detach(self, name: str, host_path: str) -> None:
@@ -144,6 +166,7 @@ class Executor:
             self._untap(module.tap)
             module.tap = None
         slot.changed()
+        self.epoch += 1
         if len(slot) == 0:
             self._hooks.pop(host_path).remove()
             delattr(host, SLOT)

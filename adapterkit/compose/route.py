@@ -30,7 +30,7 @@ class _Group:
     __slots__ = ("local", "map", "modules")
 
     def __init__(self, modules: list[AdapterModule], positions: list[int], n_entries: int) -> None:
-        self.modules = modules
+        self.modules = tuple(modules)  # a tuple: the kernels' caches find it by identity
         table = [-1] * (n_entries + 1)  # entry index + 1 -> module index (0: the base)
         for j, i in enumerate(positions):
             table[i + 1] = j
@@ -76,6 +76,7 @@ class RouteNode(Node):
         self.row_group = plain(lambda: torch.tensor(list(row_group), dtype=torch.long))
         self.strategy = strategy
         self._rows: dict[tuple, torch.Tensor] = {}
+        self._hosts: dict[int, tuple[Slot, int, _HostRoute]] = {}
 
     def _expanded(self, n: int, device: torch.device) -> torch.Tensor:
         """The entry index of each of ``n`` rows (``k = n / B`` consecutive rows per example)."""
@@ -88,21 +89,33 @@ class RouteNode(Node):
         return rows
 
     def _host(self, slot: Slot) -> _HostRoute:
-        return slot.route_cache.keyed(self.key, lambda: self._build_host(slot))
+        """The host's plan: kept on this node per slot while the slot's contents are unchanged
+        (an identity and a counter, not a key over the route's entries)."""
+        hit = self._hosts.get(id(slot))
+        if hit is not None and hit[0] is slot and hit[1] == slot.version:
+            return hit[2]
+        plan = slot.route_cache.keyed(self.key, lambda: self._build_host(slot))
+        self._hosts[id(slot)] = (slot, slot.version, plan)
+        return plan
 
     def _build_host(self, slot: Slot) -> _HostRoute:
-        by_class: dict[type[AdapterModule], tuple[list[AdapterModule], list[int]]] = {}
+        """Each class's modules in the slot's order, whatever the order of the route's entries,
+        so routes over the same adapters share their stacked weights."""
+        by_class: dict[type[AdapterModule], list[tuple[int, AdapterModule, int]]] = {}
         composites: list[tuple[int, Node]] = []
+        order = {name: j for j, name in enumerate(slot.keys())}
         for i, entry in enumerate(self.nodes):
             if isinstance(entry, Node):
                 composites.append((i, entry))
                 continue
             mod = slot.adapter(entry)
             if mod is not None:
-                mods, pos = by_class.setdefault(type(mod), ([], []))
-                mods.append(mod)
-                pos.append(i)
-        groups = [_Group(m, p, len(self.nodes)) for m, p in by_class.values()]
+                by_class.setdefault(type(mod), []).append((order[entry], mod, i))
+        groups = []
+        for members in by_class.values():
+            members.sort(key=lambda t: t[0])
+            groups.append(_Group([m for _, m, _ in members], [i for _, _, i in members],
+                                 len(self.nodes)))
         return _HostRoute(groups, composites)
 
     def run(self, h: torch.Tensor, inp: Inputs, slot: Slot, host: nn.Module) -> torch.Tensor:
@@ -115,7 +128,7 @@ class RouteNode(Node):
             if which == "whole":  # every row runs one adapter: run it as activate does
                 return mods[0].apply_delta(h, inp.of(mods[0]), host)
             if which == "some":
-                xs = [inp.of(m) for m in mods]
+                xs = [inp.x] * len(mods) if not slot.taps else [inp.of(m) for m in mods]
                 out = out + type(mods[0]).route_deltas(
                     mods, local, h, xs, host, cache=slot.route_cache, strategy=self.strategy)
         for i, node in plan.composites:

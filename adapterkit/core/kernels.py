@@ -11,6 +11,7 @@ cached per host (:class:`~adapterkit.core.stack_cache.StackCache`).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,17 @@ def loop_route(modules: Sequence[Any], rows: torch.Tensor, h: torch.Tensor, xs: 
     return out
 
 
+_TRAINING = operator.attrgetter("training")
+
+
+def _bmm_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the gather path runs ``bmm`` in: float32 for bfloat16/float16 on CPU, where
+    half-precision batched matmuls of these small shapes are several times slower."""
+    if t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return t.dtype
+
+
 def _row_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(N, C) -> (N, 1, ..., 1, C) broadcasting against ``like``: (N, ..., C')."""
     return v.view(v.shape[0], *([1] * (like.dim() - 2)), v.shape[-1])
@@ -58,10 +70,10 @@ def _lora_batchable(modules: Sequence[Any], xs: Sequence[Any], base: nn.Module, 
     x = xs[0]
     if isinstance(base, (nn.Embedding, nn.Conv2d)) or not isinstance(x, torch.Tensor):
         return False
-    if x.dim() < 2 or x.shape[0] != n or not all([y is x for y in xs]):
+    if x.dim() < 2 or x.shape[0] != n or set(map(id, xs)) != {id(x)}:
         return False
     # dropout draws per adapter: the loop keeps each adapter's own
-    return not (any([m.training for m in modules])
+    return not (any(map(_TRAINING, modules))
                 and any(isinstance(m.drop, nn.Dropout) for m in modules))
 
 
@@ -81,8 +93,9 @@ def lora_route(modules: Sequence[Any], rows: torch.Tensor, h: torch.Tensor, xs: 
         return loop_route(modules, rows, h, xs, base)
     cache = cache if cache is not None else StackCache()
     if strategy in (None, "auto"):
-        strategy = choose(len(modules), x.numel() // (x.shape[0] * x.shape[-1]),
-                          max(m.lora_A.shape[0] for m in modules))
+        tokens = x.numel() // (x.shape[0] * x.shape[-1])
+        strategy = "gather" if tokens == 1 else choose(  # decoding: no look at the K ranks
+            len(modules), tokens, max(m.lora_A.shape[0] for m in modules))
     fn = _lora_dense if strategy == "dense" else _lora_gather
     return fn(modules, rows, x, cache).to(h.dtype)
 
@@ -116,10 +129,12 @@ def _lora_gather(modules: Sequence[Any], rows: torch.Tensor, x: torch.Tensor,
     def stacks() -> tuple[torch.Tensor, torch.Tensor]:
         r = max(m.lora_A.shape[0] for m in modules)
         a0, b0 = modules[0].lora_A, modules[0].lora_B
-        at = [F.pad(m.lora_A.t(), (0, r - m.lora_A.shape[0])) for m in modules]  # (in, r)
-        bt = [F.pad(m.lora_B.t() * m.scale, (0, 0, 0, r - m.lora_B.shape[1])) for m in modules]
-        at.append(a0.new_zeros(a0.shape[1], r))
-        bt.append(b0.new_zeros(r, b0.shape[0]))
+        dtype = _bmm_dtype(a0)
+        at = [F.pad(m.lora_A.t(), (0, r - m.lora_A.shape[0])).to(dtype) for m in modules]
+        bt = [F.pad(m.lora_B.t().to(dtype) * m.scale, (0, 0, 0, r - m.lora_B.shape[1]))
+              for m in modules]
+        at.append(a0.new_zeros(a0.shape[1], r, dtype=dtype))
+        bt.append(b0.new_zeros(r, b0.shape[0], dtype=dtype))
         return torch.stack(at), torch.stack(bt)  # (K+1, in, r), (K+1, r, out)
 
     (at, bt), cached = cache.stacks("lora-gather", modules, stacks)
