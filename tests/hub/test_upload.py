@@ -152,8 +152,14 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(hub: Hub) -> None:
     with socket.create_connection(("127.0.0.1", hub.server.port)) as sock:
         sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode())
         sock.sendall(data[: len(data) // 2])
-    deadline = time.monotonic() + 30  # the server notices the disconnect when it next reads
-    while any(hub.server.hub.store.staging.iterdir()) and time.monotonic() < deadline:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(60)
+        assert sock.recv(1024) == b""  # the server read the half body and the end: it closed
+    # An empty staging folder proves nothing until the request is over: the upload may not have
+    # begun yet (its signed URL is checked first, in a worker thread), so wait for its task.
+    tasks = hub.server.server.server_state.tasks
+    deadline = time.monotonic() + 30
+    while (tasks or any(hub.server.hub.store.staging.iterdir())) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list(hub.server.hub.store.staging.iterdir()) == []
     assert _counts(hub) == before
