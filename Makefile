@@ -63,7 +63,7 @@ test-floor: $(STAMP)
 HUB_COMPAT_PACKAGES ?= huggingface_hub==0.36.2 transformers==4.57.6 tokenizers==0.22.2
 HUB_COMPAT_DIR := .cache/hub-compat
 HUB_CLIENT_TESTS := tests/hub/test_hf_clients.py tests/hub/test_bad_input.py tests/hub/test_access.py \
-	tests/hub/test_deletion.py tests/hub/test_upload.py tests/hub/test_api_surface.py
+	tests/hub/test_deletion.py tests/hub/test_upload.py tests/hub/test_api_surface.py tests/hub/test_download.py
 .PHONY: test-hub-compat
 test-hub-compat: $(STAMP)
 	test -f $(HUB_COMPAT_DIR)/.installed || { rm -rf $(HUB_COMPAT_DIR) && \
