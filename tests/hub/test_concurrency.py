@@ -84,6 +84,7 @@ def test_fifty_concurrent_pushes_on_two_processes(two_hubs: dict[str, Any], tmp_
     for r in range(REPOS):
         HubClient(urls[r % 2], token).create_repo(f"alice/race-{r}")
     outcomes: list[tuple[int, int, str, str | int]] = []
+    errors: list[str] = []
     lock = threading.Lock()
     start = threading.Barrier(CLIENTS)
 
@@ -97,6 +98,10 @@ def test_fifty_concurrent_pushes_on_two_processes(two_hubs: dict[str, Any], tmp_
                                                     message=f"c{c} p{p}")
             except HubConflictError as exc:
                 result = exc.status or -1
+            except Exception as exc:  # named in the failure (a client timeout under load, say)
+                with lock:
+                    errors.append(f"client {c} push {p} to {repo}: {type(exc).__name__}: {exc}")
+                return
             with lock:
                 outcomes.append((c, p, repo, result))
 
@@ -105,7 +110,8 @@ def test_fifty_concurrent_pushes_on_two_processes(two_hubs: dict[str, Any], tmp_
         t.start()
     for t in threads:
         t.join(timeout=300)
-    assert len(outcomes) == CLIENTS * PUSHES
+    assert not errors, errors
+    assert len(outcomes) == CLIENTS * PUSHES, [t.name for t in threads if t.is_alive()]
     refused = [o for o in outcomes if not isinstance(o[3], str)]
     assert all(o[3] in (409, 412) for o in refused), refused
     landed = [o for o in outcomes if isinstance(o[3], str)]
