@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.process_argv = list(sys.argv[1:]) if argv is None else None  # run as the command
     try:
         return int(args.func(args))
     except AdapterError as exc:

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 
 from ..errors import AdapterError
+
+#: OpenMP threads that sleep between parallel regions instead of spinning: a decode step is many
+#: short regions, and on shared cores spinning threads take turns with other processes' work
+#: (measured 7-27x slower steps under load, see docs/serving.md). Read once, when torch is
+#: imported, so the server restarts itself with it; a value the user set is kept.
+OMP_VARIABLE, OMP_POLICY = "OMP_WAIT_POLICY", "PASSIVE"
+#: ``ADAPTERKIT_SERVE_OMP_PASSIVE=0`` (or ``--keep-omp-wait-policy``) leaves the process as started
+OPT_OUT = "ADAPTERKIT_SERVE_OMP_PASSIVE"
 
 _SIZE = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>[KMG]i?B?|B)?", re.I)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "ki": 2**10, "kib": 2**10, "m": 10**6,
@@ -29,7 +39,24 @@ def parse_adapter(text: str) -> tuple[str, str]:
     return name, source
 
 
+def restart_argv(args: argparse.Namespace, env: dict[str, str]) -> list[str] | None:
+    """The command that starts this server again under ``OMP_WAIT_POLICY=PASSIVE``, or None:
+    when the variable is set already, the user opted out, or ``main`` was called in-process
+    (``args.process_argv`` is None) rather than as the command."""
+    argv = getattr(args, "process_argv", None)
+    if argv is None or OMP_VARIABLE in env or args.keep_omp_wait_policy or os.name != "posix":
+        return None
+    if env.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    return [sys.executable, "-m", "adapterkit.cli", *argv]
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    argv = restart_argv(args, dict(os.environ))
+    if argv is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(argv[0], argv, {**os.environ, OMP_VARIABLE: OMP_POLICY})
     from ..serve import Options, SchedulerConfig, serve
 
     try:
@@ -81,4 +108,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
     s.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     s.add_argument("--threads", type=int, help="torch CPU threads")
+    s.add_argument("--keep-omp-wait-policy", action="store_true",
+                   help=f"do not restart with {OMP_VARIABLE}={OMP_POLICY} when the variable is "
+                   f"unset (also: {OPT_OUT}=0)")
     s.set_defaults(func=cmd_serve)
