@@ -12,7 +12,8 @@
 
 The hub runs as ``adapterkit hub serve`` in its own process; clients and server share this
 machine's cores. Writes bench/results/hub.json and hub.md (``HUB_BENCH_QUICK=1``: one call per
-client, a smoke run that writes nothing).
+client, a smoke run that writes nothing; ``HUB_BENCH_SIZES="30 MB"``: the downloads of those
+sizes alone, printed and not written).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ SIZES = {"1 MB": 1 << 20, "30 MB": 30 << 20}
 ROUNDS = {("1 MB", 1): 15, ("1 MB", 16): 4, ("30 MB", 1): 5, ("30 MB", 16): 1}
 if os.environ.get("HUB_BENCH_QUICK"):  # a smoke run of the script (its numbers mean nothing)
     ROUNDS = dict.fromkeys(ROUNDS, 1)
+PART = [x.strip() for x in os.environ.get("HUB_BENCH_SIZES", "").split(",") if x.strip()]
+if PART:  # only these sizes' downloads (no push, no kit.load), and nothing is written
+    SIZES = {label: SIZES[label] for label in PART}
 
 
 @contextmanager
@@ -229,6 +233,8 @@ def run_backend(backend: str, pg: str | None) -> dict[str, Any]:
             sha = next(s["sha256"] for s in info["siblings"] if s["rfilename"] == "adapter_model.safetensors")
             blob = scratch / "root" / "blobs" / sha[:2] / sha[2:4] / sha
             rows += downloads(url, token, repo, label, blob, scratch, info["sha"])
+        if PART:
+            return {"downloads": rows}
         return {"downloads": rows, "push": push_latency(client, scratch),
                 "load": load_times(url, token, scratch)}
 
@@ -254,6 +260,8 @@ def markdown(results: dict[str, Any]) -> str:
                 "library's HTTP server with `sendfile`, no database), in turns with the hub: the client's "
                 "own ceiling. `raw GET`: the hub's file fetched with a plain `urllib` GET into memory at "
                 "the same concurrency, the server's share without the client's cache writes.", ""]
+        if "push" not in res:
+            continue
         p, ld = res["push"], res["load"]
         out += [f"Push of a 1 MB adapter: p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms "
                 f"({p['pushes']} pushes).", "",
@@ -283,7 +291,7 @@ def main() -> None:
         results["backends"][backend] = run_backend(backend, pg)
         print(json.dumps(results["backends"][backend]), flush=True)  # kept in the log if a later part fails
     results["load_average"]["end"] = os.getloadavg()[0]
-    if not os.environ.get("HUB_BENCH_QUICK"):
+    if not os.environ.get("HUB_BENCH_QUICK") and not PART:
         write("hub", results)
         (ROOT / "bench" / "results" / "hub.md").write_text(markdown(results) + "\n")
     print(markdown(results))
