@@ -6,6 +6,7 @@ row, and 8 or 32 distinct LoRA adapters round-robin (r=8 on q and v).
     python bench/serve_step.py --against HEAD~3       # interleaved: a worktree of HEAD~3 and this
     python bench/serve_step.py --profile 32 --case k32   # torch.profiler table of decode steps
     python bench/serve_step.py --prefill              # also: ms of one 128-token prefill per batch
+    python bench/serve_step.py --register             # also: seconds to register the adapters
 
 Each measurement runs in a fresh process (``SERVE_BENCH_THREADS`` torch threads, default 2);
 with ``--against`` the two trees alternate round by round, so shared load hits both. Results go
@@ -72,10 +73,12 @@ def engine_for(case: str, dtype: str, root: Path) -> Any:
     engine = Engine(model, tok, SchedulerConfig(max_num_seqs=32, max_prefill_tokens=1 << 20), 8192)
     engine.thread = threading.current_thread()  # engine calls run inline, here
     names = []
+    start = time.perf_counter()
     if case != "base":
         for d in adapters(root)[: COUNT[case]]:
             engine.cache.register(d.name, d)
             names.append(d.name)
+    engine.register_s = time.perf_counter() - start  # what start-up spends on the adapters
     return engine, names
 
 
@@ -113,7 +116,8 @@ def clear(engine: Any) -> None:
     engine._finish_rows()
 
 
-def worker(case: str, dtype: str, batches: list[int], steps: int, prefill: bool) -> dict:
+def worker(case: str, dtype: str, batches: list[int], steps: int, prefill: bool,
+           register: bool = False) -> dict:
     root = Path(os.environ.get("SERVE_STEP_DIR", Path(tempfile.gettempdir()) / "adapterkit-serve-step"))
     root.mkdir(parents=True, exist_ok=True)
     engine, names = engine_for(case, dtype, root)
@@ -134,6 +138,8 @@ def worker(case: str, dtype: str, batches: list[int], steps: int, prefill: bool)
         out[str(b)] = {"decode_ms": 1000 * statistics.median(times)}
         if prefill:
             out[str(b)]["prefill_ms"] = 1000 * took
+        if register:
+            out[str(b)]["register_s"] = engine.register_s
         clear(engine)
     return out
 
@@ -157,8 +163,7 @@ def _run_worker(tree: Path, args: argparse.Namespace, case: str, dtype: str) -> 
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": str(tree)}
     argv = [sys.executable, str(HERE / "serve_step.py"), "--worker", "--case", case, "--dtype",
             dtype, "--batches", args.batches, "--steps", str(args.steps)]
-    if args.prefill:
-        argv.append("--prefill")
+    argv += [f"--{k}" for k in ("prefill", "register") if getattr(args, k)]
     proc = subprocess.run(argv, env=env, check=True, capture_output=True, text=True, cwd=tree)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -182,11 +187,13 @@ def main() -> None:
     ap.add_argument("--against", help="a git revision measured interleaved with this tree")
     ap.add_argument("--profile", type=int, help="profile decode steps at this batch")
     ap.add_argument("--prefill", action="store_true")
+    ap.add_argument("--register", action="store_true")
     ap.add_argument("--out", default="serve_step")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if args.worker:
-        print(json.dumps(worker(args.case, args.dtype, batches, args.steps, args.prefill)))
+        print(json.dumps(worker(args.case, args.dtype, batches, args.steps, args.prefill,
+                                args.register)))
         return
     if args.profile:
         profile(args.case if args.case != "all" else "k32", args.dtype, args.profile, args.steps)
@@ -212,7 +219,8 @@ def main() -> None:
 def write(results: dict[str, list[dict]], batches: list[int], load: list[float],
           args: argparse.Namespace) -> None:
     OUT.mkdir(exist_ok=True)
-    keys = ["decode_ms"] + (["prefill_ms"] if args.prefill else [])
+    keys = ["decode_ms"] + (["prefill_ms"] if args.prefill else []) + (
+        ["register_s"] if args.register else [])
     table = {side: {str(b): {k: statistics.median(r[str(b)][k] for r in runs) for k in keys}
                     for b in batches} for side, runs in results.items()}
     doc = {"command": " ".join(["python", "bench/serve_step.py", *sys.argv[1:]]), "threads": THREADS,
@@ -222,13 +230,17 @@ def write(results: dict[str, list[dict]], batches: list[int], load: list[float],
     head = "| tree | case | dtype | " + " | ".join(f"b={b} decode ms" for b in batches)
     if args.prefill:
         head += " | " + " | ".join(f"b={b} prefill ms" for b in batches)
+    if args.register:
+        head += " | register s"
     lines = [f"`{doc['command']}`, {THREADS} threads, load average {', '.join(f'{x:.1f}' for x in load)} "
              "(start, after each round); medians over rounds of the per-process median step.", "",
-             head + " |", "|" + "---|" * (3 + len(batches) * len(keys))]
+             head + " |", "|" + "---|" * (3 + len(batches) * (1 + args.prefill) + args.register)]
     for side, row in table.items():
         cells = [f"{row[str(b)]['decode_ms']:.1f}" for b in batches]
         if args.prefill:
             cells += [f"{row[str(b)]['prefill_ms']:.0f}" for b in batches]
+        if args.register:
+            cells.append(f"{row[str(batches[0])]['register_s']:.2f}")
         lines.append("| " + " | ".join(side.split("|")) + " | " + " | ".join(cells) + " |")
     (OUT / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

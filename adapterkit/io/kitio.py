@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
+from ..core.base import SLOT
 from ..core.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -107,9 +109,32 @@ def _mismatches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
     return sorted(problems)
 
 
+#: meta twins by model, each with the structure it was copied from: loading many adapters (a
+#: server's start-up) copies the module tree once, not once per adapter (a copy that would also
+#: grow with every adapter already attached)
+_TWINS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Any]] = weakref.WeakKeyDictionary()
+
+
+def _structure(model: nn.Module) -> tuple:
+    """The base model's module names, classes and parameter shapes, adapter slots left out."""
+    return tuple((n, type(m), tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
+                 for n, m in model.named_modules() if SLOT not in n.split("."))
+
+
 def _meta_twin(kit: AdapterKit) -> AdapterKit | None:
     """A kit on a copy of the model whose parameters and buffers are meta tensors (shapes, no
-    storage), or None where the model does not copy so."""
+    storage), or None where the model does not copy so; reused while the base model's
+    structure is unchanged (planning on it changes nothing)."""
+    structure = _structure(kit.model)
+    hit = _TWINS.get(kit.model)
+    if hit is not None and hit[0] == structure and type(hit[1]) is type(kit):
+        return cast("AdapterKit", hit[1])
+    twin = _copy_meta(kit)
+    _TWINS[kit.model] = (structure, twin)
+    return twin
+
+
+def _copy_meta(kit: AdapterKit) -> AdapterKit | None:
     memo: dict[int, Any] = {}
     try:
         for t in (*kit.model.parameters(), *kit.model.buffers()):
