@@ -83,8 +83,10 @@ def engine_only(info: dict, root: Path, count: int) -> dict[str, Any]:
 
 
 def _engine_subprocess(root: Path) -> dict[str, Any]:
-    """engine_only in a process started as the servers are (same environment and threads)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "SERVE_BENCH_DIR": str(root)}
+    """engine_only in a process started as the servers are (same environment and threads; the
+    OpenMP wait policy ``adapterkit serve`` restarts itself with when it is unset)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "SERVE_BENCH_DIR": str(root),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     proc = subprocess.run([sys.executable, __file__, "--engine-only"], env=env, check=True,
                           capture_output=True, text=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
