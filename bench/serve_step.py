@@ -7,6 +7,7 @@ row, and 8 or 32 distinct LoRA adapters round-robin (r=8 on q and v).
     python bench/serve_step.py --profile 32 --case k32   # torch.profiler table of decode steps
     python bench/serve_step.py --prefill              # also: ms of one 128-token prefill per batch
     python bench/serve_step.py --register             # also: seconds to register the adapters
+    python bench/serve_step.py --omp unset,PASSIVE    # each tree with and without OMP_WAIT_POLICY
 
 Each measurement runs in a fresh process (``SERVE_BENCH_THREADS`` torch threads, default 2);
 with ``--against`` the two trees alternate round by round, so shared load hits both. Results go
@@ -159,8 +160,12 @@ def profile(case: str, dtype: str, batch: int, steps: int) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
 
 
-def _run_worker(tree: Path, args: argparse.Namespace, case: str, dtype: str) -> dict:
+def _run_worker(tree: Path, args: argparse.Namespace, case: str, dtype: str,
+                omp: str | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": str(tree)}
+    if omp is not None:  # "unset": without the variable
+        env.pop("OMP_WAIT_POLICY", None)
+        env.update({} if omp == "unset" else {"OMP_WAIT_POLICY": omp})
     argv = [sys.executable, str(HERE / "serve_step.py"), "--worker", "--case", case, "--dtype",
             dtype, "--batches", args.batches, "--steps", str(args.steps)]
     argv += [f"--{k}" for k in ("prefill", "register") if getattr(args, k)]
@@ -188,6 +193,7 @@ def main() -> None:
     ap.add_argument("--profile", type=int, help="profile decode steps at this batch")
     ap.add_argument("--prefill", action="store_true")
     ap.add_argument("--register", action="store_true")
+    ap.add_argument("--omp", help="comma-separated OMP_WAIT_POLICY values per tree ('unset': none)")
     ap.add_argument("--out", default="serve_step")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -198,9 +204,12 @@ def main() -> None:
     if args.profile:
         profile(args.case if args.case != "all" else "k32", args.dtype, args.profile, args.steps)
         return
-    trees = {"this": HERE.parent}
+    trees: dict[str, tuple[Path, str | None]] = {"this": (HERE.parent, None)}
     if args.against:
-        trees = {args.against: _worktree(args.against), "this": HERE.parent}
+        trees = {args.against: (_worktree(args.against), None), "this": (HERE.parent, None)}
+    if args.omp:
+        trees = {f"{t} omp={p}": (path, p) for t, (path, _) in trees.items()
+                 for p in args.omp.split(",")}
     cases = CASES if args.case == "all" else tuple(args.case.split(","))
     dtypes = args.dtype.split(",")
     sides = [(t, c, d) for c in cases for d in dtypes for t in trees]
@@ -209,7 +218,8 @@ def main() -> None:
     for r in range(args.rounds):
         order = sides[r % len(sides):] + sides[:r % len(sides)] if r % 2 == 0 else sides[::-1]
         for tree, case, dtype in order:
-            got = _run_worker(trees[tree], args, case, dtype)
+            path, omp = trees[tree]
+            got = _run_worker(path, args, case, dtype, omp)
             results[f"{tree}|{case}|{dtype}"].append(got)
             print(tree, case, dtype, json.dumps(got), f"load {os.getloadavg()[0]:.2f}", flush=True)
         load.append(os.getloadavg()[0])
