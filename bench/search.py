@@ -16,67 +16,39 @@ Embedding 100,000 cards with MiniLM on shared CPUs takes hours, so ``--pool`` di
 embedded exactly and every other card gets ``normalise(E[a] + 0.5 E[b])``, where ``a`` is a pool
 card with the same task and domain and ``b`` one with the same language (both picked by the card
 number). Writes bench/results/search.json and search.md (``SEARCH_BENCH_QUICK=1``: a small smoke
-run that writes nothing).
+run that writes nothing). The seeded databases and the vectors are kept under ``runs/search/``
+(bench/search_cache.py), so a rerun with the same settings skips seeding; ``--reseed`` seeds
+again, ``--seed-only`` seeds (when needed) and stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from sqlalchemy import bindparam, update
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table, write
-from hub import database, pct
-from search_data import Card, card, filters, fingerprint_of, semantic_queries, text_queries
+from hub import pct
+from search_data import filters, fingerprint_of, semantic_queries, text_queries
+from search_seed import Cache, cache_key, open_hubs, prepare
 
 from adapterkit.hub.accounts import Caller
-from adapterkit.hub.catalog.document import compose
-from adapterkit.hub.catalog.embed import embedder, query_vector, to_bytes
-from adapterkit.hub.catalog.indexer import store_new
+from adapterkit.hub.catalog.embed import embedder, query_vector
 from adapterkit.hub.catalog.service import search_repos
 from adapterkit.hub.catalog.vectors import index_for
-from adapterkit.hub.db.models import Account, Repo, SearchDoc
 from adapterkit.hub.settings import Hub
 
 QUICK = bool(os.environ.get("SEARCH_BENCH_QUICK"))
-BATCH = 5000
 ANN_AT = 20_000  # the default search_exact_max
-
-
-def pool_vectors(cards: list[Card], docs: list[Any], pool: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Vectors of every card: the first ``pool`` embedded, the others combined (module doc)."""
-    emb = embedder()
-    t0 = time.perf_counter()
-    exact = emb.embed([d.summary for d in docs[:pool]])
-    took = time.perf_counter() - t0
-    by_topic: dict[tuple[str, str], list[int]] = {}
-    by_lang: dict[str, list[int]] = {}
-    for j, c in enumerate(cards[:pool]):
-        by_topic.setdefault((c.task, c.domain), []).append(j)
-        by_lang.setdefault(c.language, []).append(j)
-    out = np.zeros((len(cards), exact.shape[1]), np.float32)
-    out[:pool] = exact
-    for i in range(pool, len(cards)):
-        c = cards[i]
-        same = by_topic.get((c.task, c.domain)) or by_lang.get(c.language) or [i % pool]
-        langs = by_lang.get(c.language) or [i % pool]
-        v = exact[same[i % len(same)]] + 0.5 * exact[langs[(i // 7) % len(langs)]]
-        out[i] = v / np.linalg.norm(v)
-    return out, {"pool": pool, "pool_embed_s": round(took, 2), "pool_texts_per_s": round(pool / took, 1)}
 
 
 def upload_embed_cost(docs: list[Any], n: int) -> dict[str, float]:
@@ -89,32 +61,6 @@ def upload_embed_cost(docs: list[Any], n: int) -> dict[str, float]:
         times.append((time.perf_counter() - t0) * 1000)
     return {"cards": n, "p50_ms": round(pct(times, 0.5), 2), "p99_ms": round(pct(times, 0.99), 2),
             "mean_ms": round(statistics.fmean(times), 2)}
-
-
-def seed(hub: Hub, cards: list[Card], docs: list[Any], vectors: np.ndarray, stamp: str) -> float:
-    t0 = time.perf_counter()
-    owners = sorted({c.owner for c in cards})
-    owner_id = {name: k + 2 for k, name in enumerate(owners)}
-    when = dt.datetime.now(dt.timezone.utc)
-    with hub.db.write() as s:
-        s.execute(Account.__table__.insert(), [{"id": 1, "name": "bench", "kind": "user", "created_at": when}]
-                  + [{"id": i, "name": n, "kind": "org", "created_at": when} for n, i in owner_id.items()])
-    for lo in range(0, len(cards), BATCH):
-        part = range(lo, min(lo + BATCH, len(cards)))
-        with hub.db.write() as s:
-            s.execute(Repo.__table__.insert(), [
-                {"id": i + 1, "full_name": cards[i].repo, "owner_id": owner_id[cards[i].owner],
-                 "private": cards[i].private, "created_at": when - dt.timedelta(seconds=i)} for i in part])
-            store_new(s, [(i + 1, f"{i:040x}", docs[i], to_bytes(vectors[i]), stamp) for i in part])
-    table_ = SearchDoc.__table__
-    stmt = update(table_).where(table_.c.repo_id == bindparam("rid")).values(downloads=bindparam("d"))
-    with hub.db.write() as s:
-        s.connection().execute(stmt, [{"rid": i + 1, "d": c.downloads} for i, c in enumerate(cards)])
-    if hub.db.dialect == "postgresql":
-        with hub.db.write_engine.connect() as conn:
-            conn.exec_driver_sql("ANALYZE")
-            conn.commit()
-    return time.perf_counter() - t0
 
 
 def set_exact_max(hub: Hub, n: int) -> None:
@@ -264,6 +210,8 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=200 if QUICK else 3000)
     ap.add_argument("--queries", type=int, default=20 if QUICK else 200)
     ap.add_argument("--pg", default=os.environ.get("ADAPTERKIT_TEST_PG"))
+    ap.add_argument("--reseed", action="store_true", help="seed again instead of using runs/search/")
+    ap.add_argument("--seed-only", action="store_true", help="seed the cached databases, time nothing")
     ap.add_argument("--render", action="store_true", help="only rewrite search.md from search.json")
     args = ap.parse_args()
     if args.render:
@@ -271,29 +219,24 @@ def main() -> None:
         path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))
         return
     load0 = os.getloadavg()[0]
-    cards = [card(i) for i in range(args.cards)]
-    docs = [compose(c.repo, c.meta, c.readme, c.requires) for c in cards]
-    QUERIES.update(text=text_queries(args.queries), semantic=semantic_queries(args.queries),
-                   filters=filters(args.queries))
-    upload = {"embedding": upload_embed_cost(docs, 20 if QUICK else 200), "prototypes": prototype_cost()}
-    vectors, vec_info = pool_vectors(cards, docs, args.pool)
     backends = ["sqlite"] + (["postgresql"] if args.pg else [])
+    cache = Cache(cache_key(args.cards, args.pool, embedder().stamp), args.reseed)
+    docs, vec_info = prepare(args, cache, backends)
     with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="search-bench-")))
-        hubs, seeded = {}, {}
-        for b in backends:
-            url = stack.enter_context(database(b, args.pg))
-            hubs[b] = Hub.open(tmp / b, url)
-            stack.callback(hubs[b].close)
-            seeded[b] = round(seed(hubs[b], cards, docs, vectors, embedder().stamp), 1)
-            print(f"{b}: seeded {args.cards} cards in {seeded[b]} s", flush=True)
+        hubs = open_hubs(stack, args, cache, backends)
+        if args.seed_only:
+            return
+        QUERIES.update(text=text_queries(args.queries), semantic=semantic_queries(args.queries),
+                       filters=filters(args.queries))
+        upload = {"embedding": upload_embed_cost(docs, 20 if QUICK else 200), "prototypes": prototype_cost()}
         warmed = warm(hubs)
         latency = timed(hubs, args.queries)
         recalls = recall(hubs["sqlite"], args.queries)
     shown = [a if a != args.pg else "$ADAPTERKIT_TEST_PG" for a in sys.argv[1:]]
     results = {"cards": args.cards, "command": " ".join(["python bench/search.py", *shown]),
                "load_average": {"start": load0, "end": os.getloadavg()[0]}, "vectors": vec_info,
-               "upload": upload, "seed_s": seeded, "warm": warmed, "latency": latency, "recall": recalls}
+               "upload": upload, "seed_s": {b: cache.meta["seed_s"][b] for b in backends},
+               "warm": warmed, "latency": latency, "recall": recalls}
     md = markdown(results)
     print(md)
     if not QUICK:

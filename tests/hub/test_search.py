@@ -191,3 +191,33 @@ def test_reindex_rebuilds_missing_documents(seeded: Hub) -> None:
     assert ids(search("newspaper", endpoint=seeded.url, mode="text")) == ["alice/german-entities"]
     assert ids(search("food preparation", endpoint=seeded.url, mode="semantic", limit=1)) == [
         "alice/recipe-summaries"]
+
+
+def test_the_text_half_of_hybrid_search(seeded: Hub) -> None:
+    """Filtered, it ranks as unfiltered less what the filters drop (one FTS5 query on SQLite);
+    on SQLite a term found in more than half of the documents (bm25's floor weight) is left out."""
+    from sqlalchemy import text
+
+    from adapterkit.hub.catalog.query import conditions, text_ranked
+
+    hub = seeded.server.hub
+    with hub.db.read() as s:
+        everyone, _ = conditions(s, None, None, [], None)
+        english, filtered = conditions(s, None, None, ["language:en"], None)
+        assert filtered
+        query = "classifies reviews names recipe contracts"
+        every = text_ranked(s, query, everyone, 50, "relevance", any_term=True)
+        kept = set(s.scalars(text("SELECT repo_id FROM search_tags WHERE tag = 'language:en'")))
+        assert len(every) >= 3 and {i for i, _ in every} - kept  # the filter drops some
+        assert text_ranked(s, query, english, 50, "relevance", any_term=True) == \
+            [(i, sc) for i, sc in every if i in kept]
+        if seeded.backend == "sqlite":
+            total = s.execute(text("SELECT count(*) FROM search_docs")).scalar()
+            count = text("SELECT count(*) FROM search_fts WHERE search_fts MATCH :m")
+            common = next(w for w in ("tiny", "bert", "lora", "the", "a")
+                          if 2 * s.execute(count, {"m": f'"{w}"'}).scalar() > total)
+            alone = text_ranked(s, "newspaper", everyone, 50, "relevance", any_term=True)
+            assert [i for i, _ in alone] == [i for i, _ in
+                                             text_ranked(s, f"{common} newspaper", everyone, 50,
+                                                         "relevance", any_term=True)]
+            assert len(alone) == 1  # the documents only the common word matches are not ranked

@@ -3,18 +3,27 @@
 A query's words (letters and digits) become terms; ``all`` of them must match, or ``any`` for
 the text half of hybrid search; the last term also matches as a prefix. Nothing of the user's
 text reaches the query syntax except those words.
+
+On SQLite an ``any`` query leaves out the terms found in more than half of the documents: FTS5's
+``bm25`` gives such a term the floor weight (its idf ``log((N - n + 0.5) / (n + 0.5))`` is at
+most 0, and is then taken as 1e-6), so it changes no order among the documents that match other
+terms, while ranking every document it matches ("in", "for", ...) costs most of the query; a
+document that only such terms match is left out. The document counts are kept ``DF_TTL_S``
+seconds per database and term.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, column, func, literal_column, table, text
+from sqlalchemy import ColumnElement, Integer, column, func, literal_column, select, table, text
 from sqlalchemy.orm import Session
 
 _WORD = re.compile(r"[^\W_]+")
 MAX_TERMS = 16
+DF_TTL_S = 300.0
 fts_table = table("search_fts")
 #: what the migration creates beside the models (the FTS5 table and its shadow tables on SQLite,
 #: the tsvector column and its index on PostgreSQL): schema comparisons leave them out
@@ -32,8 +41,38 @@ def _expression(words: list[str], joiner: str, quote: bool) -> str:
     return f" {joiner} ".join(parts)
 
 
+def _sqlite_parts(words: list[str]) -> list[str]:
+    return [f'"{w}"' for w in words[:-1]] + [f'"{words[-1]}"*']
+
+
 def sqlite_match(words: list[str], any_term: bool) -> str:
     return _expression(words, "OR" if any_term else "AND", quote=True)
+
+
+_COUNTS: dict[tuple[str, str], tuple[float, int]] = {}
+_COUNT_MATCH = text("SELECT count(*) FROM search_fts WHERE search_fts MATCH :m")
+_COUNT_DOCS = text("SELECT count(*) FROM search_docs")
+
+
+def _counted(s: Session, key: str, stmt: Any, params: dict[str, Any]) -> int:
+    where = (str(s.get_bind().engine.url), key)
+    hit = _COUNTS.get(where)
+    if hit is not None and time.monotonic() - hit[0] < DF_TTL_S:
+        return hit[1]
+    if len(_COUNTS) > 100_000:
+        _COUNTS.clear()
+    n = int(s.execute(stmt, params).scalar() or 0)
+    _COUNTS[where] = (time.monotonic(), n)
+    return n
+
+
+def sqlite_any_match(s: Session, words: list[str]) -> str:
+    """The FTS5 ``any`` expression without the terms in more than half of the documents (module
+    doc); all terms when every one is that common."""
+    parts = _sqlite_parts(words)
+    total = _counted(s, "", _COUNT_DOCS, {})
+    kept = [p for p in parts if 2 * _counted(s, p, _COUNT_MATCH, {"m": p}) <= total]
+    return " OR ".join(kept or parts)
 
 
 def pg_query(words: list[str], any_term: bool) -> ColumnElement[object]:
@@ -52,9 +91,22 @@ _RANKED = text("SELECT rowid, bm25(search_fts, 10.0, 1.0) AS r FROM search_fts W
 _MATCHING = text("SELECT rowid FROM search_fts WHERE search_fts MATCH :m")
 
 
-def sqlite_ranked(s: Session, words: list[str], any_term: bool, n: int) -> list[tuple[int, float]]:
-    """The ``n`` best FTS5 matches (repo id, score: higher is better), the FTS index alone."""
-    rows = s.execute(_RANKED, {"m": sqlite_match(words, any_term), "n": n}).tuples()
+def sqlite_ranked(s: Session, match: str, n: int) -> list[tuple[int, float]]:
+    """The ``n`` best FTS5 matches of the expression ``match`` (repo id, score: higher is
+    better), the FTS index alone."""
+    rows = s.execute(_RANKED, {"m": match, "n": n}).tuples()
+    return [(int(i), -float(r)) for i, r in rows]
+
+
+def sqlite_ranked_within(s: Session, match: str, within: Any, n: int) -> list[tuple[int, float]]:
+    """The ``n`` best FTS5 matches of ``match`` among the ids of the subquery ``within``. The
+    index enumerates its matches once and each is looked up in ``within`` (materialised once),
+    ``bm25`` being computed only for those found there: ``+rowid`` keeps SQLite from handing
+    the ``IN`` to FTS5, which would run the whole query again for every id."""
+    score: Any = literal_column("bm25(search_fts, 10.0, 1.0)").label("r")
+    q = select(literal_column("search_fts.rowid"), score).select_from(fts_table).where(
+        text("search_fts MATCH :m").bindparams(m=match), literal_column("+search_fts.rowid").in_(within))
+    rows = s.execute(q.order_by(score, literal_column("search_fts.rowid")).limit(n)).tuples()
     return [(int(i), -float(r)) for i, r in rows]
 
 

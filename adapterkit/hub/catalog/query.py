@@ -1,12 +1,12 @@
 """Running a search: conditions (read access, owner, tags and facets, compatibility), then text,
 semantic or hybrid ranking, sorting and the hits.
 
-Semantic search without filters asks the vector index for a few times ``limit`` neighbours and
-keeps those the caller may read; when too few remain, or with filters, it ranks exactly over the
-vectors of the repos that pass them. Hybrid ranking fuses the text ranking (any word matching)
-and the semantic one by reciprocal rank fusion, ``sum 1 / (60 + rank)``. Sorting by downloads
-or recency orders all matches of a text query or a listing, and the ``pool`` best hits of a
-semantic or hybrid one.
+Semantic search asks the vector index for a few times ``limit`` neighbours (with filters, at
+least ``service.FILTERED_CANDIDATES``) and keeps those that pass read access and the filters;
+when too few remain, it ranks exactly over the vectors of the repos that pass them. Hybrid
+ranking fuses the text ranking (any word matching) and the semantic one by reciprocal rank
+fusion, ``sum 1 / (60 + rank)``. Sorting by downloads or recency orders all matches of a text
+query or a listing, and the ``pool`` best hits of a semantic or hybrid one.
 """
 
 from __future__ import annotations
@@ -133,17 +133,28 @@ def text_ranked(s: Session, query: str, conds: list[ColumnElement[bool]], pool: 
 def _sqlite_relevant(s: Session, words: list[str], any_term: bool, conds: list[ColumnElement[bool]],
                      pool: int) -> list[tuple[int, float]]:
     """The FTS5 index ranks alone (SQLite would otherwise test MATCH row by row), then the
-    conditions keep what they allow, asking the index for more while too few pass."""
+    conditions keep what they allow. An ``any`` query (the text half of hybrid search) leaves
+    out the terms in more than half of the documents (see :mod:`.fts`): a document that only
+    they match is not in its ranking."""
+    match = fts.sqlite_any_match(s, words) if any_term else fts.sqlite_match(words, False)
+    return _sqlite_within(s, match, conds, pool)
+
+
+def _sqlite_within(s: Session, match: str, conds: list[ColumnElement[bool]],
+                   pool: int) -> list[tuple[int, float]]:
+    """Under read access alone (most matches pass) the best few matches, more while too few
+    pass; with filters (or past ``MAX_IDS``) the best of the matches that pass them, in one
+    query (``fts.sqlite_ranked_within``)."""
     n = max(pool * 4, 200)
-    while True:
-        last = n > MAX_IDS  # then every match, and the conditions over the FTS subquery
-        ranked = fts.sqlite_ranked(s, words, any_term, 1 << 62 if last else n)
-        within = fts.sqlite_matching(words, any_term) if last else [i for i, _ in ranked]
-        ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_(within), *conds))) if ranked else set()
+    while len(conds) == 1 and n <= MAX_IDS:
+        ranked = fts.sqlite_ranked(s, match, n)
+        ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_([i for i, _ in ranked]), *conds))) \
+            if ranked else set()
         found = [(i, sc) for i, sc in ranked if i in ok]
-        if last or len(found) >= pool or len(ranked) < n:
+        if len(found) >= pool or len(ranked) < n:
             return found[:pool]
         n *= 4
+    return fts.sqlite_ranked_within(s, match, _docs(Repo.id).where(*conds), pool)
 
 
 def fuse(*rankings: list[tuple[int, float]]) -> list[tuple[int, float]]:

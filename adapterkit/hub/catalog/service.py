@@ -29,6 +29,9 @@ from .query import (
 from .vectors import index_for
 
 DEFAULT_EXACT_MAX = 20_000
+#: neighbours a filtered semantic query asks the index for before ranking exactly over every
+#: vector that passes the filters (when fewer than ``limit`` of those neighbours pass)
+FILTERED_CANDIDATES = 1000
 
 
 def semantic_ranked(hub: Hub, s: Session, query: str, conds: list[ColumnElement[bool]],
@@ -40,13 +43,12 @@ def semantic_ranked(hub: Hub, s: Session, query: str, conds: list[ColumnElement[
         raise HubError(str(exc), status=501, code="SemanticSearchUnavailable") from None
     index = index_for(hub.db, stamp, getattr(hub.settings, "search_exact_max", DEFAULT_EXACT_MAX))
     index.refresh(s)
-    if not filtered:
-        found = index.nearest(q, max(pool * 3, MIN_POOL))
-        if found:
-            ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_([i for i, _ in found]), *conds)))
-            kept = [(i, sc) for i, sc in found if i in ok]
-            if len(kept) >= pool or len(found) >= index.n:
-                return kept[:pool]
+    found = index.nearest(q, max(pool * 20, FILTERED_CANDIDATES) if filtered else max(pool * 3, MIN_POOL))
+    if found:
+        ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_([i for i, _ in found]), *conds)))
+        kept = [(i, sc) for i, sc in found if i in ok]
+        if len(kept) >= pool or len(found) >= index.n:
+            return kept[:pool]
     ids = list(s.scalars(_docs(Repo.id).where(SearchDoc.embedding.is_not(None), *conds)))
     return index.exact(q, pool, ids)
 
