@@ -65,14 +65,14 @@ class _HostRoute:
 class RouteNode(Node):
     """``entries``: the distinct non-base entries (composition values), ``nodes`` the same
     compiled (an adapter name stays a name); ``row_group``: (B,) the entry index of each
-    example, ``-1`` for ``__base__``. Per-host plans are cached in the slot's ``route_cache``
-    under ``(entries, row_group)``, so a route activated again (every batch of a server, every
-    step of a decoding loop) finds its plans, row indices and gathered weights built."""
+    example, ``-1`` for ``__base__``. Per-host plans are kept on the node per slot (the kit
+    reuses a compiled route while its adapters are unchanged), so a route activated again
+    (every batch of a server, every step of a decoding loop) finds its plans, row indices and
+    gathered weights built."""
 
     def __init__(self, entries: Sequence[Hashable], nodes: Sequence[str | Node],
                  row_group: Sequence[int], strategy: str | None = None) -> None:
         self.nodes = list(nodes)
-        self.key = ("route", tuple(entries), tuple(row_group))
         self.row_group = plain(lambda: torch.tensor(list(row_group), dtype=torch.long))
         self.strategy = strategy
         self._rows: dict[tuple, torch.Tensor] = {}
@@ -94,7 +94,7 @@ class RouteNode(Node):
         hit = self._hosts.get(id(slot))
         if hit is not None and hit[0] is slot and hit[1] == slot.version:
             return hit[2]
-        plan = slot.route_cache.keyed(self.key, lambda: self._build_host(slot))
+        plan = plain(lambda: self._build_host(slot))  # not in the slot's LRU: that keeps stacks
         self._hosts[id(slot)] = (slot, slot.version, plan)
         return plan
 
