@@ -26,6 +26,8 @@ from .embed import DIM, from_bytes
 
 MARGIN = dt.timedelta(seconds=5)
 RECOUNT_S = 10.0
+#: how long after a new newest update time the margin is read again on a recount
+SETTLE_S = 30.0
 ANN_CONNECTIVITY = 16
 ANN_EXPANSION_ADD = 128
 ANN_EXPANSION_SEARCH = 128
@@ -57,14 +59,16 @@ class VectorIndex:
         self.row_of: dict[int, int] = {}
         self.newest: dt.datetime | None = None
         self.counted_at = 0.0
+        self.newest_seen_at = 0.0
         self.ann: Any = None
         self.lock = threading.RLock()
 
     # -- keeping up with the database --------------------------------------------------------
     def refresh(self, s: Session) -> None:
         """Load the vectors written since the last look (the newest update time comes from its
-        index, so this costs little); every ``RECOUNT_S`` also recount the stamped vectors, and
-        load everything again when some were deleted."""
+        index, so this costs little; only vectors that changed go to the ANN index again);
+        every ``RECOUNT_S`` also recount the stamped vectors, and load everything again when
+        some were deleted."""
         with self.lock:
             newest = as_utc(s.scalar(select(func.max(SearchDoc.updated_at))))
             recount = time.monotonic() - self.counted_at > RECOUNT_S
@@ -72,10 +76,14 @@ class VectorIndex:
                 return
             where = SearchDoc.embed_model == self.stamp
             q = select(SearchDoc.repo_id, SearchDoc.embedding).where(where)
-            if self.newest is not None:
-                self._upsert(s.execute(q.where(SearchDoc.updated_at >= self.newest - MARGIN)).tuples().all())
-            else:
+            if self.newest is None:
                 self._upsert(s.execute(q).tuples().all())
+            elif newest != self.newest or time.monotonic() - self.newest_seen_at < SETTLE_S:
+                # rows written since, and those of the margin again: a transaction that
+                # committed late may carry an older time; after SETTLE_S none is still open
+                self._upsert(s.execute(q.where(SearchDoc.updated_at >= self.newest - MARGIN)).tuples().all())
+            if newest != self.newest:
+                self.newest_seen_at = time.monotonic()
             self.newest = newest
             if recount or self.newest is None:
                 count = s.scalar(select(func.count()).select_from(SearchDoc).where(where)) or 0
@@ -103,11 +111,14 @@ class VectorIndex:
             if data is None:
                 continue
             row = self.row_of.get(repo_id)
+            vector = from_bytes(data)
             if row is None:
                 row = self.row_of[repo_id] = self.n
                 self.ids[row] = repo_id
                 self.n += 1
-            self.matrix[row] = from_bytes(data)
+            elif np.array_equal(self.matrix[row], vector):
+                continue  # a row of the margin read again, unchanged: the ANN index keeps it
+            self.matrix[row] = vector
             changed.append(row)
         if self.ann is not None and changed:
             self._ann_put(np.asarray(changed, np.int64))
