@@ -198,13 +198,13 @@ def test_the_text_half_of_hybrid_search(seeded: Hub) -> None:
     on SQLite a term found in more than half of the documents (bm25's floor weight) is left out."""
     from sqlalchemy import text
 
-    from adapterkit.hub.catalog.query import conditions, text_ranked
+    from adapterkit.hub.catalog.query import filters, text_ranked
 
     hub = seeded.server.hub
     with hub.db.read() as s:
-        everyone, _ = conditions(s, None, None, [], None)
-        english, filtered = conditions(s, None, None, ["language:en"], None)
-        assert filtered
+        everyone = filters(s, None, None, [], None)
+        english = filters(s, None, None, ["language:en"], None)
+        assert english.filtered and not everyone.filtered
         query = "classifies reviews names recipe contracts"
         every = text_ranked(s, query, everyone, 50, "relevance", any_term=True)
         kept = set(s.scalars(text("SELECT repo_id FROM search_tags WHERE tag = 'language:en'")))
@@ -221,3 +221,37 @@ def test_the_text_half_of_hybrid_search(seeded: Hub) -> None:
                                              text_ranked(s, f"{common} newspaper", everyone, 50,
                                                          "relevance", any_term=True)]
             assert len(alone) == 1  # the documents only the common word matches are not ranked
+        wide = model_fingerprint(wide_kit())
+        fits = filters(s, None, None, [], wide)
+        assert fits.filtered and fits.hashes
+        assert text_ranked(s, "reviews", fits, 50, "relevance", any_term=True) == \
+            [(i, sc) for i, sc in text_ranked(s, "reviews", everyone, 50, "relevance", any_term=True)
+             if i == s.execute(text("SELECT id FROM repos WHERE full_name = :n"), {"n": WIDE}).scalar()]
+
+
+def test_facets_are_filled_in_by_the_migration(seeded: Hub) -> None:
+    """Going down to the schema before ``search_docs.facets`` and up again (as a hub made before
+    it upgrades) gives every document its facet tokens back: filtered searches answer as before."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from adapterkit.hub.db.engine import MIGRATIONS
+
+    queries = [dict(query="reviews", mode="text", language="en"), dict(query="reviews", license="mit"),
+               dict(query="German news", method="lora"), dict(query=None, task="summarization")]
+    before = [ids(search(endpoint=seeded.url, **q)) for q in queries]
+    assert all(before[:2]) and before[3] == ["alice/recipe-summaries"]
+    db = seeded.server.hub.db
+    with db.read() as s:
+        facets = dict(s.execute(text("SELECT repo_id, facets FROM search_docs")).tuples().all())
+    assert all(facets.values())
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.write_engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+        command.upgrade(cfg, "head")
+    with db.read() as s:
+        assert dict(s.execute(text("SELECT repo_id, facets FROM search_docs")).tuples().all()) == facets
+    assert [ids(search(endpoint=seeded.url, **q)) for q in queries] == before

@@ -10,12 +10,21 @@ most 0, and is then taken as 1e-6), so it changes no order among the documents t
 terms, while ranking every document it matches ("in", "for", ...) costs most of the query; a
 document that only such terms match is left out. The document counts are kept ``DF_TTL_S``
 seconds per database and term.
+
+On SQLite the index also holds a ``facets`` column: one token per tag of the document and one
+for its ``requires_hash`` (:func:`facet_token`, twenty digits from a keyed hash), so that filters
+by tag or compatibility join the ``MATCH`` itself (``facets : "..."``), and FTS5 intersects its
+posting lists instead of enumerating every document the words match and testing each against
+the filters. The words of a query match the title and body alone (``{title body} : (...)``), and
+``bm25`` gives the facets column the weight 0, so the ranking is that of the two text columns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import ColumnElement, Integer, column, func, literal_column, select, table, text
@@ -29,6 +38,41 @@ fts_table = table("search_fts")
 #: the tsvector column and its index on PostgreSQL): schema comparisons leave them out
 SCHEMA_EXTRAS = frozenset({"search_fts", "search_fts_data", "search_fts_idx", "search_fts_docsize",
                            "search_fts_config", "tsv", "ix_search_docs_tsv"})
+
+
+TEXT_COLUMNS = "{title body}"
+MAX_TAG = 256  # the length of ``search_tags.tag``: longer tags are kept (and filtered) cut to it
+
+
+def facet_token(kind: str, value: str) -> str:
+    """The FTS5 token of a tag (``kind`` "tag") or a ``requires_hash`` (``kind`` "requires"):
+    twenty decimal digits, which neither the tokenizer nor the Porter stemmer changes."""
+    digest = hashlib.blake2b(value.encode(), digest_size=8, person=kind.encode()[:16]).digest()
+    return f"{int.from_bytes(digest, 'big'):020d}"
+
+
+def facets_text(tags: Iterable[str], requires_hash: str | None) -> str:
+    """The ``facets`` column of a search document."""
+    out = [facet_token("tag", t[:MAX_TAG]) for t in sorted(set(tags))]
+    if requires_hash:
+        out.append(facet_token("requires", requires_hash))
+    return " ".join(out)
+
+
+def facets_match(tags: Iterable[str], requires_hashes: Iterable[str] | None) -> str:
+    """The FTS5 clause that keeps the documents with every tag of ``tags`` and, unless
+    ``requires_hashes`` is None, one of those hashes (an empty list keeps none: the caller
+    answers nothing without querying)."""
+    parts = [f'facets : "{facet_token("tag", t[:MAX_TAG])}"' for t in tags]
+    if requires_hashes is not None:
+        parts.append("facets : (" + " OR ".join(f'"{facet_token("requires", h)}"'
+                                                 for h in requires_hashes) + ")")
+    return " AND ".join(parts)
+
+
+def with_facets(match: str, facets: str) -> str:
+    """``match`` (an expression over the text columns) restricted by a :func:`facets_match`."""
+    return f"({match}) AND {facets}" if facets else match
 
 
 def terms(query: str) -> list[str]:
@@ -46,7 +90,8 @@ def _sqlite_parts(words: list[str]) -> list[str]:
 
 
 def sqlite_match(words: list[str], any_term: bool) -> str:
-    return _expression(words, "OR" if any_term else "AND", quote=True)
+    """The FTS5 expression of ``words`` (all of them, or any), over the text columns alone."""
+    return f"{TEXT_COLUMNS} : ({_expression(words, 'OR' if any_term else 'AND', quote=True)})"
 
 
 _COUNTS: dict[tuple[str, str], tuple[float, int]] = {}
@@ -67,12 +112,13 @@ def _counted(s: Session, key: str, stmt: Any, params: dict[str, Any]) -> int:
 
 
 def sqlite_any_match(s: Session, words: list[str]) -> str:
-    """The FTS5 ``any`` expression without the terms in more than half of the documents (module
-    doc); all terms when every one is that common."""
+    """The FTS5 ``any`` expression (over the text columns) without the terms in more than half
+    of the documents (module doc); all terms when every one is that common."""
     parts = _sqlite_parts(words)
     total = _counted(s, "", _COUNT_DOCS, {})
-    kept = [p for p in parts if 2 * _counted(s, p, _COUNT_MATCH, {"m": p}) <= total]
-    return " OR ".join(kept or parts)
+    kept = [p for p in parts
+            if 2 * _counted(s, p, _COUNT_MATCH, {"m": f"{TEXT_COLUMNS} : {p}"}) <= total]
+    return f"{TEXT_COLUMNS} : ({' OR '.join(kept or parts)})"
 
 
 def pg_query(words: list[str], any_term: bool) -> ColumnElement[object]:
@@ -86,8 +132,8 @@ def pg_match(words: list[str], any_term: bool) -> tuple[ColumnElement[bool], Col
     return tsv.op("@@")(q), func.ts_rank_cd(tsv, q)
 
 
-_RANKED = text("SELECT rowid, bm25(search_fts, 10.0, 1.0) AS r FROM search_fts WHERE search_fts MATCH :m "
-               "ORDER BY r LIMIT :n")
+_RANKED = text("SELECT rowid, bm25(search_fts, 10.0, 1.0, 0.0) AS r FROM search_fts "
+               "WHERE search_fts MATCH :m ORDER BY r LIMIT :n")
 _MATCHING = text("SELECT rowid FROM search_fts WHERE search_fts MATCH :m")
 
 
@@ -103,11 +149,30 @@ def sqlite_ranked_within(s: Session, match: str, within: Any, n: int) -> list[tu
     index enumerates its matches once and each is looked up in ``within`` (materialised once),
     ``bm25`` being computed only for those found there: ``+rowid`` keeps SQLite from handing
     the ``IN`` to FTS5, which would run the whole query again for every id."""
-    score: Any = literal_column("bm25(search_fts, 10.0, 1.0)").label("r")
+    score: Any = literal_column("bm25(search_fts, 10.0, 1.0, 0.0)").label("r")
     q = select(literal_column("search_fts.rowid"), score).select_from(fts_table).where(
         text("search_fts MATCH :m").bindparams(m=match), literal_column("+search_fts.rowid").in_(within))
     rows = s.execute(q.order_by(score, literal_column("search_fts.rowid")).limit(n)).tuples()
     return [(int(i), -float(r)) for i, r in rows]
+
+
+def facet_ids(s: Session, where: Any) -> set[int] | None:
+    """The ids of the documents that the tag and compatibility filters of ``where`` (a
+    ``query.Filters``) keep, from the FTS5 index; None where it does not answer them (no such
+    filters, or PostgreSQL)."""
+    if s.get_bind().dialect.name != "sqlite" or not (where.tags or where.hashes is not None):
+        return None
+    if where.none:
+        return set()
+    # tens of thousands of ids for a broad filter: fetched by the sqlite3 cursor in one call,
+    # rather than row by row through SQLAlchemy's result
+    raw = s.connection().connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        return {i for (i,) in cursor.execute(str(_MATCHING), {"m": where.facets()}).fetchall()}
+    finally:
+        cursor.close()
 
 
 def sqlite_matching(words: list[str], any_term: bool) -> Any:

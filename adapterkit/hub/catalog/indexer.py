@@ -19,6 +19,7 @@ from ..repos import files_of, find_ref
 from ..settings import Hub
 from .document import Document, document
 from .embed import SemanticUnavailable, embedder, to_bytes
+from .fts import MAX_TAG, facets_text
 
 log = logging.getLogger("adapterkit.hub.catalog")
 BRANCH = "main"
@@ -47,7 +48,8 @@ def store(s: Session, repo_id: int, commit_id: str, doc: Document, vector: bytes
     row = s.get(SearchDoc, repo_id)
     values = {"commit_id": commit_id, "title": doc.title, "summary": doc.summary, "body": doc.body,
               "meta": doc.meta, "requires": doc.requires, "requires_hash": doc.requires_hash,
-              "embedding": vector, "embed_model": stamp, "updated_at": now()}
+              "facets": facets_text(doc.tags, doc.requires_hash), "embedding": vector,
+              "embed_model": stamp, "updated_at": now()}
     if row is None:
         s.add(SearchDoc(repo_id=repo_id, downloads=0, **values))
     else:
@@ -55,7 +57,7 @@ def store(s: Session, repo_id: int, commit_id: str, doc: Document, vector: bytes
             setattr(row, key, value)
     s.flush()
     s.execute(delete(SearchTag).where(SearchTag.repo_id == repo_id))
-    s.add_all(SearchTag(tag=t[:256], repo_id=repo_id) for t in sorted(set(doc.tags)))
+    s.add_all(SearchTag(tag=t[:MAX_TAG], repo_id=repo_id) for t in sorted(set(doc.tags)))
 
 
 def store_new(s: Session, docs: list[tuple[int, str, Document, bytes | None, str | None]]) -> None:
@@ -64,9 +66,10 @@ def store_new(s: Session, docs: list[tuple[int, str, Document, bytes | None, str
     when = now()
     s.execute(insert(SearchDoc), [
         {"repo_id": r, "commit_id": c, "title": d.title, "summary": d.summary, "body": d.body,
-         "meta": d.meta, "requires": d.requires, "requires_hash": d.requires_hash, "embedding": v,
+         "meta": d.meta, "requires": d.requires, "requires_hash": d.requires_hash,
+         "facets": facets_text(d.tags, d.requires_hash), "embedding": v,
          "embed_model": st, "downloads": 0, "updated_at": when} for r, c, d, v, st in docs])
-    tags = [{"tag": t[:256], "repo_id": r} for r, _, d, _, _ in docs for t in sorted(set(d.tags))]
+    tags = [{"tag": t[:MAX_TAG], "repo_id": r} for r, _, d, _, _ in docs for t in sorted(set(d.tags))]
     if tags:
         s.execute(insert(SearchTag), tags)
 

@@ -62,29 +62,82 @@ def readable_owners(caller: Caller | None) -> list[int]:
     return sorted(o for o in owners if caller.org_id is None or o == caller.org_id)
 
 
+_HASHES: dict[str, tuple[Any, list[str]]] = {}  # database -> (newest document's time, its hashes)
+
+
+def _distinct_hashes(s: Session) -> list[str]:
+    """The ``requires_hash`` values of the search documents, read again only when a document
+    was written since (every write stamps ``updated_at``; the newest is one index lookup). A
+    deleted document's hash may stay listed: it then matches nothing."""
+    where = str(s.get_bind().engine.url)
+    newest = s.scalar(select(func.max(SearchDoc.updated_at)))
+    hit = _HASHES.get(where)
+    if hit is not None and hit[0] == newest:
+        return hit[1]
+    hashes = [h for h in s.scalars(select(SearchDoc.requires_hash).distinct()) if h]
+    _HASHES[where] = (newest, hashes)
+    return hashes
+
+
 def compatible_hashes(s: Session, fingerprint: Any) -> list[str]:
     modules = check_fingerprint(fingerprint)
-    hashes = [h for h in s.scalars(select(SearchDoc.requires_hash).distinct()) if h]
+    hashes = _distinct_hashes(s)
     missing = [h for h in hashes if h not in _REQUIRES]
     for h in missing:
         _REQUIRES[h] = s.scalar(select(SearchDoc.requires).where(SearchDoc.requires_hash == h).limit(1))
     return [h for h in hashes if fits(modules, _REQUIRES.get(h))]
 
 
+@dataclass
+class Filters:
+    """What a search keeps: ``access`` (read access, the author) as SQL, and the tags and the
+    compatible ``requires_hash`` values (None: no compatibility filter), which the SQLite
+    full-text index also answers itself (:func:`fts.facets_match`)."""
+
+    access: list[ColumnElement[bool]]
+    tags: list[str] = field(default_factory=list)
+    hashes: list[str] | None = None
+
+    @property
+    def filtered(self) -> bool:
+        """Whether anything beyond read access is asked for."""
+        return len(self.access) > 1 or bool(self.tags) or self.hashes is not None
+
+    @property
+    def none(self) -> bool:
+        """Whether nothing can pass (a compatibility filter that no stored adapter fits)."""
+        return self.hashes == []
+
+    def sql(self) -> list[ColumnElement[bool]]:
+        """Every condition as WHERE clauses over repos and search_docs."""
+        out = list(self.access)
+        out += [SearchDoc.repo_id.in_(select(SearchTag.repo_id).where(SearchTag.tag == t[:fts.MAX_TAG]))
+                for t in self.tags]
+        if self.hashes is not None:
+            out.append(SearchDoc.requires_hash.in_(self.hashes) if self.hashes else false())
+        return out
+
+    def facets(self) -> str:
+        """The tags and hashes as an FTS5 clause ("" when there are none)."""
+        return fts.facets_match(self.tags, self.hashes)
+
+
+def filters(s: Session, caller: Caller | None, author: str | None, tags: Sequence[str],
+            fingerprint: Any) -> Filters:
+    owners = readable_owners(caller)
+    access: list[ColumnElement[bool]] = [or_(Repo.private.is_(False), Repo.owner_id.in_(owners))
+                                         if owners else Repo.private.is_(False)]
+    if author:
+        access.append(Repo.owner_id == select(Account.id).where(Account.name == author).scalar_subquery())
+    hashes = compatible_hashes(s, fingerprint) if fingerprint is not None else None
+    return Filters(access, list(tags), hashes)
+
+
 def conditions(s: Session, caller: Caller | None, author: str | None, tags: Sequence[str],
                fingerprint: Any) -> tuple[list[ColumnElement[bool]], bool]:
     """(WHERE clauses over repos and search_docs, whether any beyond read access)."""
-    owners = readable_owners(caller)
-    out: list[ColumnElement[bool]] = [or_(Repo.private.is_(False), Repo.owner_id.in_(owners))
-                                      if owners else Repo.private.is_(False)]
-    if author:
-        out.append(Repo.owner_id == select(Account.id).where(Account.name == author).scalar_subquery())
-    for tag in tags:
-        out.append(SearchDoc.repo_id.in_(select(SearchTag.repo_id).where(SearchTag.tag == tag)))
-    if fingerprint is not None:
-        ok = compatible_hashes(s, fingerprint)
-        out.append(SearchDoc.requires_hash.in_(ok) if ok else false())
-    return out, len(out) > 1
+    f = filters(s, caller, author, tags, fingerprint)
+    return f.sql(), f.filtered
 
 
 def _base(*cols: Any) -> Select[Any]:
@@ -104,13 +157,13 @@ def listing(s: Session, conds: list[ColumnElement[bool]], sort: str, limit: int,
     return [(i, 0.0) for i in s.scalars(q)]
 
 
-def text_ranked(s: Session, query: str, conds: list[ColumnElement[bool]], pool: int, sort: str,
+def text_ranked(s: Session, query: str, where: Filters, pool: int, sort: str,
                 any_term: bool = False) -> list[tuple[int, float]]:
     """Repo ids and scores of a full-text query, best first (or in ``sort`` order)."""
     words = fts.terms(query)
-    if not words:
+    if not words or where.none:
         return []
-    key = _sort_key(sort)
+    key, conds = _sort_key(sort), where.sql()
     if s.get_bind().dialect.name == "postgresql":
         match, rank = fts.pg_match(words, any_term)
         q = _docs(Repo.id, rank).where(match, *conds)
@@ -120,7 +173,7 @@ def text_ranked(s: Session, query: str, conds: list[ColumnElement[bool]], pool: 
         q = _docs(Repo.id).where(Repo.id.in_(fts.sqlite_matching(words, any_term)), *conds)
         found = [(i, 0.0) for i in s.scalars(q.order_by(key, Repo.id).limit(pool))]
     else:
-        found = _sqlite_relevant(s, words, any_term, conds, pool)
+        found = _sqlite_relevant(s, words, any_term, where, pool)
     if not any_term and len(found) < pool:  # the Hugging Face meaning: a part of the repo id
         seen = {i for i, _ in found}
         # a repo with no commit yet has no search document but is still found by its id
@@ -130,14 +183,15 @@ def text_ranked(s: Session, query: str, conds: list[ColumnElement[bool]], pool: 
     return found
 
 
-def _sqlite_relevant(s: Session, words: list[str], any_term: bool, conds: list[ColumnElement[bool]],
+def _sqlite_relevant(s: Session, words: list[str], any_term: bool, where: Filters,
                      pool: int) -> list[tuple[int, float]]:
-    """The FTS5 index ranks alone (SQLite would otherwise test MATCH row by row), then the
-    conditions keep what they allow. An ``any`` query (the text half of hybrid search) leaves
-    out the terms in more than half of the documents (see :mod:`.fts`): a document that only
-    they match is not in its ranking."""
+    """The FTS5 index ranks alone (SQLite would otherwise test MATCH row by row), with the tag
+    and compatibility filters in its ``MATCH`` (see :mod:`.fts`), then read access and the
+    author keep what they allow. An ``any`` query (the text half of hybrid search) leaves out
+    the terms in more than half of the documents (see :mod:`.fts`): a document that only they
+    match is not in its ranking."""
     match = fts.sqlite_any_match(s, words) if any_term else fts.sqlite_match(words, False)
-    return _sqlite_within(s, match, conds, pool)
+    return _sqlite_within(s, fts.with_facets(match, where.facets()), where.access, pool)
 
 
 def _sqlite_within(s: Session, match: str, conds: list[ColumnElement[bool]],

@@ -12,16 +12,18 @@ from ..accounts import Caller
 from ..db.models import Repo, SearchDoc
 from ..errors import HubError
 from ..settings import Hub
+from . import fts
 from .embed import SemanticUnavailable, embedder, query_vector
 from .query import (
     MIN_POOL,
+    Filters,
     SearchHit,
     _base,
     _docs,
     _sort_key,
     check_mode,
-    conditions,
     facet_tags,
+    filters,
     fuse,
     listing,
     text_ranked,
@@ -34,23 +36,45 @@ DEFAULT_EXACT_MAX = 20_000
 FILTERED_CANDIDATES = 1000
 
 
-def semantic_ranked(hub: Hub, s: Session, query: str, conds: list[ColumnElement[bool]],
-                    filtered: bool, pool: int) -> list[tuple[int, float]]:
+def semantic_ranked(hub: Hub, s: Session, query: str, where: Filters, pool: int) -> list[tuple[int, float]]:
     try:
         stamp = embedder().stamp
         q = query_vector(query)
     except SemanticUnavailable as exc:
         raise HubError(str(exc), status=501, code="SemanticSearchUnavailable") from None
+    if where.none:
+        return []
     index = index_for(hub.db, stamp, getattr(hub.settings, "search_exact_max", DEFAULT_EXACT_MAX))
     index.refresh(s)
-    found = index.nearest(q, max(pool * 20, FILTERED_CANDIDATES) if filtered else max(pool * 3, MIN_POOL))
-    if found:
-        ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_([i for i, _ in found]), *conds)))
-        kept = [(i, sc) for i, sc in found if i in ok]
+    facets = fts.facet_ids(s, where)  # the ids the tag and compatibility filters keep (SQLite)
+    conds = where.access if facets is not None else where.sql()
+    wide = max(pool * 20, FILTERED_CANDIDATES) if where.filtered else max(pool * 3, MIN_POOL)
+    found = index.nearest(q, wide)
+    near = [(i, sc) for i, sc in found if i in facets] if facets is not None else found
+    if near:
+        ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_([i for i, _ in near]), *conds)))
+        kept = [(i, sc) for i, sc in near if i in ok]
         if len(kept) >= pool or len(found) >= index.n:
             return kept[:pool]
+    if facets is not None:
+        return _exact_within(s, index, q, sorted(facets), conds, pool)
     ids = list(s.scalars(_docs(Repo.id).where(SearchDoc.embedding.is_not(None), *conds)))
     return index.exact(q, pool, ids)
+
+
+def _exact_within(s: Session, index: Any, q: Any, ids: list[int], conds: list[ColumnElement[bool]],
+                  pool: int) -> list[tuple[int, float]]:
+    """The ``pool`` nearest of the vectors of ``ids`` that pass ``conds`` (read access, the
+    author): ranked exactly, then checked best first, more at a time while too few pass."""
+    n = pool * 4
+    while True:
+        ranked = index.exact(q, min(n, len(ids)), ids)
+        ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_([i for i, _ in ranked]), *conds))) \
+            if ranked else set()
+        kept = [(i, sc) for i, sc in ranked if i in ok]
+        if len(kept) >= pool or n >= len(ids):
+            return kept[:pool]
+        n *= 4
 
 
 def hits(s: Session, ranked: list[tuple[int, float]], why: dict[int, dict[str, Any]]) -> list[SearchHit]:
@@ -95,19 +119,20 @@ def search_repos(hub: Hub, caller: Caller | None, query: str | None = None, *, m
     pool = max(need, MIN_POOL)
     why: dict[int, dict[str, Any]] = {}
     with hub.db.read() as s:
-        conds, filtered = conditions(s, caller, author, wanted, compatible_with)
+        where = filters(s, caller, author, wanted, compatible_with)
+        conds = where.sql()
         text = (query or "").strip()
         if not text:
             return hits(s, listing(s, conds, "name" if sort == "relevance" else sort, limit, offset), why)
         if mode == "text":
-            ranked = text_ranked(s, text, conds, need, sort)
+            ranked = text_ranked(s, text, where, need, sort)
             return hits(s, ranked[offset:need], why)
-        semantic = semantic_ranked(hub, s, text, conds, filtered, pool)
+        semantic = semantic_ranked(hub, s, text, where, pool)
         for rank, (i, sc) in enumerate(semantic, start=1):
             why.setdefault(i, {}).update(semantic_rank=rank, semantic_score=round(sc, 6))
         ranked = semantic
         if mode == "hybrid":
-            lexical = text_ranked(s, text, conds, pool, "relevance", any_term=True)
+            lexical = text_ranked(s, text, where, pool, "relevance", any_term=True)
             for rank, (i, _) in enumerate(lexical, start=1):
                 why.setdefault(i, {})["text_rank"] = rank
             ranked = fuse(lexical, semantic)[:pool]

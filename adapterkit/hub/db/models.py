@@ -167,8 +167,9 @@ class SearchDoc(Base):
     """The search document of a repo, rebuilt from the head of ``main`` at every commit there:
     the indexed text, the embedding of its summary (stamped with the embedding model and its
     version), what the adapter needs of a base model (``requires``: host path -> weight shape,
-    hashed in ``requires_hash``), download count and update time. The full-text index over
-    ``body`` is kept outside these tables (see :mod:`adapterkit.hub.catalog.fts`)."""
+    hashed in ``requires_hash``), download count and update time. ``facets`` holds one token per
+    tag and one for ``requires_hash``, for the full-text index, which is kept outside these
+    tables (see :mod:`adapterkit.hub.catalog.fts`)."""
 
     __tablename__ = "search_docs"
     repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
@@ -179,6 +180,7 @@ class SearchDoc(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     requires: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     requires_hash: Mapped[str | None] = mapped_column(String(32), index=True)
+    facets: Mapped[str] = mapped_column(Text, default="", server_default="")
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     embed_model: Mapped[str | None] = mapped_column(String(96), index=True)
     downloads: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
