@@ -147,19 +147,35 @@ class LoRAModule(AdapterModule):
             t = F.embedding(x, a.t(), base.padding_idx, base.max_norm, base.norm_type,
                             base.scale_grad_by_freq, base.sparse)
             return F.linear(t, b)
-        x = self.drop(x) if drop else x
-        if not torch.is_autocast_enabled(x.device.type):  # autocast's kernels cast x itself:
-            x = x.to(a.dtype)  # a cast to fp32 here would be undone by a cast to bf16
+        x = self._input(x, a, drop)
         if isinstance(base, nn.Conv2d):
             t = F.conv2d(x, a, None, base.stride, base.padding, base.dilation)
             return F.conv2d(t, b[:, :, None, None])  # (N, r, H, W) -> (N, out, H, W)
         return F.linear(F.linear(x, a), b)
 
+    def _input(self, x: torch.Tensor, a: torch.Tensor, drop: bool = True) -> torch.Tensor:
+        x = self.drop(x) if drop else x
+        if not torch.is_autocast_enabled(x.device.type):  # autocast's kernels cast x itself:
+            x = x.to(a.dtype)  # a cast to fp32 here would be undone by a cast to bf16
+        return x
+
     def delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         return (self._low_rank(x, base) * self.scale).to(h.dtype)
 
     def apply_delta(self, h: torch.Tensor, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        return torch.add(h, self._low_rank(x, base).to(h.dtype), alpha=self.scale)
+        """``h + s * (x @ A.T) @ B.T``. For a linear host whose output has the dtype the product
+        is computed in (the autocast dtype, or the adapter's), one ``addmm``: no separate
+        (..., out) product and no pass to scale it, and the backward scales the (..., r)
+        gradients rather than the (..., out) one."""
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.lora_B.dtype
+        if isinstance(base, (nn.Embedding, nn.Conv2d)) or h.dtype != dtype:
+            return torch.add(h, self._low_rank(x, base).to(h.dtype), alpha=self.scale)
+        t = F.linear(self._input(x, self.lora_A), self.lora_A)  # (..., r)
+        # (N, out) + s * (N, r) @ (r, out), N the flattened leading dimensions
+        out = torch.addmm(h.reshape(-1, h.shape[-1]), t.reshape(-1, t.shape[-1]), self.lora_B.t(),
+                          alpha=self.scale)
+        return out.view(h.shape)
 
     @classmethod
     def route_deltas(cls, modules: Sequence[AdapterModule], rows: torch.Tensor, h: torch.Tensor,
