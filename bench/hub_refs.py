@@ -1,4 +1,5 @@
-"""The reference points of bench/hub.py: reading and copying the blob locally, a plain GET of the
+"""The reference points of bench/hub.py: reading the blob from the disk itself (``O_DIRECT``, past
+the page cache) and from the page cache, copying it locally, a plain GET of the
 hub's file into memory, and a static server: the standard library's threaded HTTP server
 answering every ``HEAD``/``GET`` with one file (``os.sendfile``) and the headers
 ``hf_hub_download`` needs (``X-Repo-Commit``, ``ETag``, ``Content-Length``), no database, no auth,
@@ -6,6 +7,7 @@ no audit. What ``hf_hub_download`` reaches against it is the client's own ceilin
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import threading
@@ -81,8 +83,29 @@ def concurrent(clients: int, calls: int, one: Callable[[int], None]) -> tuple[li
     return latencies, time.perf_counter() - start
 
 
+def read_direct(blob: Path, chunk: int = 4 << 20) -> int:
+    """Read ``blob`` from the disk with ``O_DIRECT`` (no page cache) into one page-aligned buffer;
+    returns the bytes read. Raises ``OSError`` where the file system refuses ``O_DIRECT``."""
+    fd = os.open(blob, os.O_RDONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, chunk)  # anonymous maps are page-aligned, as O_DIRECT needs
+    try:
+        total = 0
+        while n := os.readv(fd, [buf]):
+            total += n
+        return total
+    finally:
+        buf.close()
+        os.close(fd)
+
+
 def local_rates(blob: Path, clients: int, calls: int, scratch: Path) -> dict[str, float]:
+    """Bytes/s of reading ``blob`` from the disk (``disk``, O_DIRECT), from the page cache
+    (``read``) and of copying it (``copy``), ``clients`` threads at once, ``calls`` each."""
     size = blob.stat().st_size
+
+    def disk(_i: int) -> None:
+        if read_direct(blob) != size:
+            raise OSError(f"O_DIRECT read of {blob} returned fewer than {size} bytes")
 
     def read(_i: int) -> None:
         with open(blob, "rb") as f:
@@ -95,8 +118,8 @@ def local_rates(blob: Path, clients: int, calls: int, scratch: Path) -> dict[str
         dest.unlink()
 
     out = {}
-    for name, fn in (("read", read), ("copy", copy)):
-        fn(0)  # the page cache holds the blob, as it does for the server
+    for name, fn in (("disk", disk), ("read", read), ("copy", copy)):
+        fn(0)  # warm: the page cache holds the blob for read and copy, as it does for the server
         _, wall = concurrent(clients, calls, fn)
         out[name] = clients * calls * size / wall
     return out
