@@ -12,11 +12,12 @@ document that only such terms match is left out. The document counts are kept ``
 seconds per database and term.
 
 On SQLite the index also holds a ``facets`` column: one token per tag of the document and one
-for its ``requires_hash`` (:func:`facet_token`, twenty digits from a keyed hash), so that filters
+for its ``requires_hash`` (:func:`facet_token`), so that filters
 by tag or compatibility join the ``MATCH`` itself (``facets : "..."``), and FTS5 intersects its
 posting lists instead of enumerating every document the words match and testing each against
 the filters. The words of a query match the title and body alone (``{title body} : (...)``), and
-``bm25`` gives the facets column the weight 0, so the ranking is that of the two text columns.
+``bm25`` gives the facets column the weight 0. (FTS5's ``bm25`` normalises by the length of the
+whole row, facet tokens included, so they lengthen every row by a few tokens.)
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ MAX_TAG = 256  # the length of ``search_tags.tag``: longer tags are kept (and fi
 
 def facet_token(kind: str, value: str) -> str:
     """The FTS5 token of a tag (``kind`` "tag") or a ``requires_hash`` (``kind`` "requires"):
-    twenty decimal digits, which neither the tokenizer nor the Porter stemmer changes."""
+    twenty decimal digits of a BLAKE2b hash (personalised by ``kind``), which neither the
+    tokenizer nor the Porter stemmer changes."""
     digest = hashlib.blake2b(value.encode(), digest_size=8, person=kind.encode()[:16]).digest()
     return f"{int.from_bytes(digest, 'big'):020d}"
 
