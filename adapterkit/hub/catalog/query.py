@@ -11,6 +11,7 @@ query or a listing, and the ``pool`` best hits of a semantic or hybrid one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,20 +63,23 @@ def readable_owners(caller: Caller | None) -> list[int]:
     return sorted(o for o in owners if caller.org_id is None or o == caller.org_id)
 
 
-_HASHES: dict[str, tuple[Any, list[str]]] = {}  # database -> (newest document's time, its hashes)
+HASHES_TTL_S = 10.0
+#: database -> (when read, the newest document's time then, the hashes)
+_HASHES: dict[str, tuple[float, Any, list[str]]] = {}
 
 
 def _distinct_hashes(s: Session) -> list[str]:
-    """The ``requires_hash`` values of the search documents, read again only when a document
-    was written since (every write stamps ``updated_at``; the newest is one index lookup). A
-    deleted document's hash may stay listed: it then matches nothing."""
+    """The ``requires_hash`` values of the search documents, read again when a document was
+    written since (every write stamps ``updated_at``; the newest is one index lookup), and at
+    least every ``HASHES_TTL_S`` seconds (a hub process whose clock runs behind may stamp an
+    older time). A deleted document's hash may stay listed: it then matches nothing."""
     where = str(s.get_bind().engine.url)
     newest = s.scalar(select(func.max(SearchDoc.updated_at)))
     hit = _HASHES.get(where)
-    if hit is not None and hit[0] == newest:
-        return hit[1]
+    if hit is not None and hit[1] == newest and time.monotonic() - hit[0] < HASHES_TTL_S:
+        return hit[2]
     hashes = [h for h in s.scalars(select(SearchDoc.requires_hash).distinct()) if h]
-    _HASHES[where] = (newest, hashes)
+    _HASHES[where] = (time.monotonic(), newest, hashes)
     return hashes
 
 
