@@ -41,6 +41,7 @@ STEPS = int(os.environ.get("TRAIN_BENCH_STEPS", "3"))
 WARMUP = int(os.environ.get("TRAIN_BENCH_WARMUP", "1"))
 ROUNDS = int(os.environ.get("TRAIN_BENCH_ROUNDS", "2"))
 CONFIGS = [(base, ckpt) for base in ("fp32", "bf16-autocast", "nf4") for ckpt in (False, True)]
+BATCH, LENGTH, RANK = 4, 256, 16
 ONLY = [x.strip() for x in os.environ.get("TRAIN_BENCH_ONLY", "").split(",") if x.strip()]
 
 
@@ -51,7 +52,6 @@ def chosen() -> list[tuple[str, bool]]:
     if unknown:
         raise SystemExit(f"TRAIN_BENCH_ONLY: unknown {unknown}; use some of {sorted(names)}")
     return [names[x] for x in ONLY] if ONLY else CONFIGS
-BATCH, LENGTH, RANK = 4, 256, 16
 
 
 def _model(base: str) -> Any:
@@ -216,9 +216,9 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     turns, peak memory (and ``separate_s_per_step``) the median over its own processes."""
     row = dict(runs[0])
     row["separate_s_per_step"] = statistics.median(r["s_per_step"] for r in runs)
-    row["s_per_step"] = row.pop("paired")["s_per_step"]
-    row["paired_steps"] = runs[0]["paired"]["steps"]
-    row["paired_load"] = runs[0]["paired"]["loadavg"]
+    paired = row.pop("paired")
+    row["s_per_step"], row["paired_steps"], row["paired_load"] = (
+        paired["s_per_step"], paired["steps"], paired["loadavg"])
     row["peak_mib"] = statistics.median(r["peak_mib"] for r in runs)
     row["rounds"] = [{"s_per_step": r["s_per_step"], "peak_mib": r["peak_mib"],
                       "loadavg": r["loadavg"]} for r in runs]
@@ -229,7 +229,8 @@ def main() -> None:
     from common import RESULTS, write
 
     runs: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
-    for base, ckpt in chosen():
+    configs = chosen()
+    for base, ckpt in configs:
         for round_ in range(ROUNDS):  # the order alternates, so drifting load hits both sides
             order = ("adapterkit", "peft") if round_ % 2 == 0 else ("peft", "adapterkit")
             for library in order:
@@ -245,11 +246,9 @@ def main() -> None:
         print(f"{base} ckpt={ckpt} in turns: adapterkit {paired['adapterkit']['s_per_step']:.2f}, "
               f"peft {paired['peft']['s_per_step']:.2f} s/step (load {load:.2f})", flush=True)
     rows = [_merge(r) for r in runs.values()]
-    for row in rows:
-        row["steps_timed"], row["rounds_run"] = STEPS, ROUNDS
     if ONLY:  # the other configurations' rows stay as the last full run wrote them
         old = json.loads((RESULTS / "training.json").read_text())["rows"]
-        kept = [r for r in old if (r["base"], r["checkpointing"]) not in set(chosen())]
+        kept = [r for r in old if (r["base"], r["checkpointing"]) not in configs]
         rows = kept + rows
     md, ratios = report(rows)
     write("training", {"steps": STEPS, "rounds": ROUNDS, "rerun": ONLY, "rows": rows, "ratios": ratios})

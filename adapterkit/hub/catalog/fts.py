@@ -162,17 +162,20 @@ def facet_ids(s: Session, where: Any) -> set[int] | None:
     """The ids of the documents that the tag and compatibility filters of ``where`` (a
     ``query.Filters``) keep, from the FTS5 index; None where it does not answer them (no such
     filters, or PostgreSQL)."""
-    if s.get_bind().dialect.name != "sqlite" or not (where.tags or where.hashes is not None):
+    if s.get_bind().dialect.name != "sqlite":
         return None
     if where.none:
         return set()
+    match = where.facets()
+    if not match:
+        return None
     # tens of thousands of ids for a broad filter: fetched by the sqlite3 cursor in one call,
     # rather than row by row through SQLAlchemy's result
     raw = s.connection().connection.dbapi_connection
     assert raw is not None
     cursor = raw.cursor()
     try:
-        return {i for (i,) in cursor.execute(str(_MATCHING), {"m": where.facets()}).fetchall()}
+        return {i for (i,) in cursor.execute(str(_MATCHING), {"m": match}).fetchall()}
     finally:
         cursor.close()
 

@@ -198,6 +198,15 @@ def _sqlite_relevant(s: Session, words: list[str], any_term: bool, where: Filter
     return _sqlite_within(s, fts.with_facets(match, where.facets()), where.access, pool)
 
 
+def passing(s: Session, ranked: list[tuple[int, float]],
+            conds: list[ColumnElement[bool]]) -> list[tuple[int, float]]:
+    """The entries of ``ranked`` (repo id, score) whose repos pass ``conds``, in their order."""
+    if not ranked:
+        return []
+    ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_([i for i, _ in ranked]), *conds)))
+    return [(i, sc) for i, sc in ranked if i in ok]
+
+
 def _sqlite_within(s: Session, match: str, conds: list[ColumnElement[bool]],
                    pool: int) -> list[tuple[int, float]]:
     """Under read access alone (most matches pass) the best few matches, more while too few
@@ -206,9 +215,7 @@ def _sqlite_within(s: Session, match: str, conds: list[ColumnElement[bool]],
     n = max(pool * 4, 200)
     while len(conds) == 1 and n <= MAX_IDS:
         ranked = fts.sqlite_ranked(s, match, n)
-        ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_([i for i, _ in ranked]), *conds))) \
-            if ranked else set()
-        found = [(i, sc) for i, sc in ranked if i in ok]
+        found = passing(s, ranked, conds)
         if len(found) >= pool or len(ranked) < n:
             return found[:pool]
         n *= 4

@@ -26,6 +26,7 @@ from .query import (
     filters,
     fuse,
     listing,
+    passing,
     text_ranked,
 )
 from .vectors import index_for
@@ -52,8 +53,7 @@ def semantic_ranked(hub: Hub, s: Session, query: str, where: Filters, pool: int)
     found = index.nearest(q, wide)
     near = [(i, sc) for i, sc in found if i in facets] if facets is not None else found
     if near:
-        ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_([i for i, _ in near]), *conds)))
-        kept = [(i, sc) for i, sc in near if i in ok]
+        kept = passing(s, near, conds)
         if len(kept) >= pool or len(found) >= index.n:
             return kept[:pool]
     if facets is not None:
@@ -68,10 +68,7 @@ def _exact_within(s: Session, index: Any, q: Any, ids: list[int], conds: list[Co
     author): ranked exactly, then checked best first, more at a time while too few pass."""
     n = pool * 4
     while True:
-        ranked = index.exact(q, min(n, len(ids)), ids)
-        ok = set(s.scalars(_docs(Repo.id).where(Repo.id.in_([i for i, _ in ranked]), *conds))) \
-            if ranked else set()
-        kept = [(i, sc) for i, sc in ranked if i in ok]
+        kept = passing(s, index.exact(q, min(n, len(ids)), ids), conds)
         if len(kept) >= pool or n >= len(ids):
             return kept[:pool]
         n *= 4
