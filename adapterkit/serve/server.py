@@ -55,7 +55,7 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> tuple[
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise AdapterError(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
-    extra = {} if decoder else {"num_labels": getattr(config, "num_labels", 2)}
+    extra: dict[str, Any] = {} if decoder else {"num_labels": getattr(config, "num_labels", 2)}
     model: Any = kind.from_pretrained(directory, dtype=torch_dtype, **extra)
     model = model.to(device).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
