@@ -206,10 +206,6 @@ def main() -> None:
     for part in [p for p in ADAPTERKIT_PARTS if p in parts]:
         with _timed(times, part):
             ADAPTERKIT_PARTS[part](info, root, runs)
-    known = {*ADAPTERKIT_PARTS, "vllm", "fp32"}
-    if set(ADAPTERKIT_PARTS) <= set(times):  # each row's part has its own entry: older labels
-        for label in [k for k in times if k not in known]:  # (a whole earlier run) describe none
-            del times[label]
     fresh = "engine" in parts or "overhead" in parts
     engine = _engine_subprocess(root) if fresh else old["engine_only"]
     print("engine only", engine, flush=True)
